@@ -1,0 +1,1 @@
+"""twinloop.datasets (built in later issues)."""

@@ -1,0 +1,1 @@
+"""twinloop.policy (built in later issues)."""

@@ -1,0 +1,1 @@
+"""twinloop.sim2real: the MuJoCo twin of the cell and system identification."""

@@ -1,0 +1,1 @@
+"""twinloop.vlm_reward (built in later issues)."""
