@@ -71,7 +71,7 @@ class Physics:
         )
         if (self._act < 0).any():
             msg = (
-                f"the arm lacks actuators {[a for a, i in zip(arm.actuators, self._act) if i < 0]}"
+                f"the arm lacks actuators {[a for a, i in zip(arm.actuators, self._act, strict=True) if i < 0]}"
             )
             raise TwinError(msg)
         self._grip_act = -1
