@@ -101,15 +101,18 @@ class PushCubeExpert(ScriptedExpert):
         if self.phase <= 1:  # fingers across the push direction, fixed once pushing
             self._yaw = math.atan2(u[1], u[0])
         yaw = getattr(self, "_yaw", math.atan2(u[1], u[0]))
-        # Re-aimed every step from the cube's current position, so sideways slip is corrected.
-        push = (
-            cube[:2]
-            - u * (CUBE_HALF + 0.008)
-            + u * min(0.03, float(np.linalg.norm(goal[:2] - cube[:2])))
-        )
+        # Push along the cube-goal line; the sideways error of the hand from that line is
+        # corrected gently (the cube follows the hand, so a hard correction only turns it).
+        behind_now = cube[:2] - u * (CUBE_HALF + 0.008)
+        ee = state["ee_pos"][:2]
+        off = ee - behind_now
+        lateral = off - u * float(off @ u)
+        if self.phase == 2 and (np.linalg.norm(lateral) > 0.015 or abs(float(off @ u)) > 0.03):
+            self.phase = 0  # the cube got away from the hand: go round and line up again
+        push = ee - 0.5 * lateral + u * min(0.03, float(np.linalg.norm(goal[:2] - cube[:2])))
         return [
-            Waypoint(np.array([*behind, 0.10]), yaw, CLOSED, tol=0.015),
-            Waypoint(np.array([*behind, low]), yaw, CLOSED, tol=0.01),
+            Waypoint(np.array([*behind, 0.07]), yaw, CLOSED, tol=0.01),
+            Waypoint(np.array([*behind, low]), yaw, CLOSED, tol=0.004),
             Waypoint(np.array([*push, low]), yaw, CLOSED, tol=0.0, speed=0.012),
         ]
 
@@ -121,14 +124,13 @@ class OpenDrawerExpert(ScriptedExpert):
         handle = state["handle_pos"]
         hook_x = handle[0] + HANDLE_GAP / 2  # between the bar and the drawer face
         travel = float(state["drawer_travel"])
-        opening = float(state["drawer_opening"])
-        closed_hook_x = hook_x + opening
+        if self.phase <= 1:  # pull from where the hook went in
+            self._hook_x = hook_x
+        x0 = getattr(self, "_hook_x", hook_x)
         return [
-            Waypoint(np.array([closed_hook_x, 0.0, DRAWER_Z + 0.09]), 0.0, CLOSED, tol=0.015),
-            Waypoint(np.array([closed_hook_x, 0.0, DRAWER_Z]), 0.0, CLOSED, tol=0.01),
-            Waypoint(
-                np.array([closed_hook_x - 0.85 * travel, 0.0, DRAWER_Z]), 0.0, CLOSED, tol=0.005
-            ),
+            Waypoint(np.array([x0, 0.0, DRAWER_Z + 0.09]), 0.0, CLOSED, tol=0.015),
+            Waypoint(np.array([x0, 0.0, DRAWER_Z]), 0.0, CLOSED, tol=0.01),
+            Waypoint(np.array([x0 - 0.85 * travel, 0.0, DRAWER_Z]), 0.0, CLOSED, tol=0.005),
         ]
 
 

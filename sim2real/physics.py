@@ -70,9 +70,7 @@ class Physics:
             [mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_ACTUATOR, a) for a in arm.actuators]
         )
         if (self._act < 0).any():
-            msg = (
-                f"the arm lacks actuators {[a for a, i in zip(arm.actuators, self._act, strict=True) if i < 0]}"
-            )
+            msg = f"the arm lacks actuators {[a for a, i in zip(arm.actuators, self._act, strict=True) if i < 0]}"
             raise TwinError(msg)
         self._grip_act = -1
         if arm.gripper_actuator:

@@ -35,8 +35,8 @@ ROD_RADIUS = 0.014
 class CameraConfig:
     """A pinhole RGB-D camera looking at the cell, with RealSense-like intrinsics."""
 
-    pos: tuple[float, float, float] = (0.75, -0.85, 0.7)  # camera position in the world, m
-    lookat: tuple[float, float, float] = (0.5, 0.05, 0.05)  # point at the image centre
+    pos: tuple[float, float, float] = (0.15, -0.6, 0.6)  # camera position in the world, m
+    lookat: tuple[float, float, float] = (0.55, 0.05, 0.05)  # point at the image centre
     fovy: float = 55.0  # vertical field of view, degrees (D435 colour: ~42)
     width: int = 320  # image width, px
     height: int = 240  # image height, px

@@ -35,7 +35,7 @@ class PushCube:
 
     name = "push_cube"
     objects: ClassVar[tuple[str, ...]] = ("cube",)
-    max_steps = 60
+    max_steps = 80
     text = "push the red cube onto the green target"
     success_radius = 0.03  # m, cube centre to goal centre in the table plane
 
