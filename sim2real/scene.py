@@ -77,7 +77,8 @@ def build_scene(objects: Iterable[str], *, arm: ArmConfig, camera: CameraConfig)
     spec.compiler.degree = False  # every angle in this file is in radians
     spec.option.timestep = 0.002
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
-    spec.option.noslip_iterations = 0
+    spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC  # elliptic cones + impratio: grasps hold
+    spec.option.impratio = 10.0
     spec.visual.global_.offwidth = max(640, camera.width)
     spec.visual.global_.offheight = max(480, camera.height)
     spec.visual.headlight.ambient = [0.45, 0.45, 0.45]

@@ -1,0 +1,347 @@
+"""The ``twinloop`` command: one entry point, a subcommand per job, ``--help`` everywhere."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import TwinloopError
+
+__all__ = ["main"]
+
+log = logging.getLogger("twinloop")
+
+
+def _out(text: str) -> None:
+    """User-facing output of the CLI (library code logs instead)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _setup_env() -> None:
+    # Headless rendering unless the user chose a backend.
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if os.environ["MUJOCO_GL"] == "osmesa":
+        os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+
+def _run_dir(root: str) -> Path:
+    path = Path(root) / time.strftime("%Y%m%d-%H%M%S")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----- twin ------------------------------------------------------------------------------------
+def _twin_config(args: argparse.Namespace):
+    from twinloop.sim2real.scene import CameraConfig
+    from twinloop.sim2real.twin import TwinConfig
+
+    return TwinConfig(
+        task=args.task,
+        camera=CameraConfig(width=args.width, height=args.height),
+        render=bool(getattr(args, "frames", 0)),
+    )
+
+
+def _params_arg(items: Sequence[str]) -> dict[str, float]:
+    params: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep:
+            msg = f"--param expects NAME=VALUE, got {item!r}"
+            raise TwinloopError(msg)
+        try:
+            params[name] = float(value)
+        except ValueError:
+            msg = f"--param {name}: {value!r} is not a number"
+            raise TwinloopError(msg) from None
+    return params
+
+
+def cmd_twin_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from twinloop.sim2real.rollout import run_expert_episodes
+    from twinloop.sim2real.twin import Twin
+
+    twin = Twin(_twin_config(args), params=_params_arg(args.param))
+    bar = tqdm(total=args.episodes * twin.task.max_steps, unit="step", desc=args.task)
+    results = []
+    try:
+        for res in run_expert_episodes(
+            twin,
+            args.episodes,
+            seed=args.seed,
+            noise=args.noise,
+            keep_frames=args.frames,
+            on_step=lambda _ep, _step: bar.update(1),
+        ):
+            bar.update(twin.task.max_steps - res.steps)  # the budget an early success saved
+            results.append(res)
+            tqdm.write(
+                f"episode {res.episode} seed {res.seed}: "
+                f"{'success' if res.success else 'failure'} in {res.steps} steps, "
+                f"return {res.ret:.2f}"
+            )
+    finally:
+        bar.close()
+        twin.close()
+    rate = sum(r.success for r in results) / max(len(results), 1)
+    _out(f"{args.task}: success {rate:.0%} over {len(results)} episodes")
+    if args.frames and args.out:
+        from twinloop.sim2real.sheet import save_contact_sheet
+
+        path = save_contact_sheet([r.frames for r in results], Path(args.out))
+        _out(f"contact sheet: {path}")
+    return 0
+
+
+def cmd_twin_params(args: argparse.Namespace) -> int:
+    from twinloop.sim2real.params import PARAM_SPECS
+    from twinloop.sim2real.tasks import make_task
+
+    objects = make_task(args.task).objects if args.task else None
+    _out(f"{'name':<18} {'default':>8} {'low':>8} {'high':>8}  unit    meaning")
+    for p in PARAM_SPECS:
+        if objects is None or p.obj in objects:
+            _out(f"{p.name:<18} {p.default:>8g} {p.low:>8g} {p.high:>8g}  {p.unit:<7} {p.doc}")
+    return 0
+
+
+def cmd_twin_info(args: argparse.Namespace) -> int:
+    from twinloop.sim2real.tasks import TASK_PAIRS, TASKS
+    from twinloop.sim2real.twin import Twin
+
+    twin = Twin(_twin_config(args))
+    k = twin.intrinsics
+    info = {
+        "task": twin.task.name,
+        "text": twin.task.text,
+        "tasks": sorted(TASKS),
+        "reset_free_pairs": TASK_PAIRS,
+        "joints": list(twin.physics.joint_names),
+        "camera": {
+            "width": k.width,
+            "height": k.height,
+            "fx": k.fx,
+            "fy": k.fy,
+            "ppx": k.ppx,
+            "ppy": k.ppy,
+        },
+        "control_hz": twin.config.control_hz,
+        "physics_substeps": twin.n_substeps,
+        "params": twin.get_params(),
+    }
+    twin.close()
+    _out(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from .topics import ACTION_NAMES, TOPICS
+
+    for t in TOPICS.values():
+        qos = "sensor (best effort)" if t.sensor else "reliable"
+        _out(f"{t.name:<50} {t.msg_type:<28} {qos:<21} {t.doc}")
+    _out(f"action layout (JointState names): {', '.join(ACTION_NAMES)}")
+    return 0
+
+
+# ----- graph -----------------------------------------------------------------------------------
+def cmd_launch(args: argparse.Namespace) -> int:
+    from .graph import GraphProcesses, load_graph
+
+    graph = load_graph(args.graph or args.profile, overrides=args.set)
+    _out(f"launching {graph.profile}: {', '.join(n.name for n in graph.nodes)} (Ctrl-C stops all)")
+    with GraphProcesses(graph) as procs:
+        try:
+            code = procs.wait(timeout=args.duration)
+        except KeyboardInterrupt:
+            code = 0
+    return code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .graph import GraphProcesses, load_graph
+
+    run = _run_dir(args.runs)
+    results_path = run / "episodes.jsonl"
+    overrides = [
+        f"twin.task={args.task}",
+        f"scripted_teleop.task={args.task}",
+        f"scripted_teleop.episodes={args.episodes}",
+        f"scripted_teleop.results_path={results_path}",
+        f"twin.realtime={str(args.realtime).lower()}",
+        *args.set,
+    ]
+    graph = load_graph(args.profile, overrides=overrides)
+    _out(f"[demo] run dir {run}")
+    _out(
+        f"[demo] stage 1/1: sim graph ({', '.join(n.name for n in graph.nodes)}), "
+        f"scripted teleop, {args.episodes} x {args.task}"
+    )
+    seen: list[dict] = []
+    bar = tqdm(total=args.episodes, unit="episode", desc="episodes")
+    code = 1
+    with GraphProcesses(graph, log_dir=run / "logs") as procs:
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            for rec in _read_new(results_path, len(seen)):
+                seen.append(rec)
+                bar.update(1)
+                tqdm.write(
+                    f"[demo] episode {rec['episode']}: {'success' if rec['success'] else 'failure'} "
+                    f"in {rec['steps']} steps"
+                )
+            if len(seen) >= args.episodes:
+                code = 0
+                break
+            status = procs.poll()
+            if status is not None:
+                code = status or (0 if len(seen) >= args.episodes else 1)
+                break
+            time.sleep(0.2)
+        else:
+            log.error("demo timed out after %.0f s", args.timeout)
+    bar.close()
+    rate = sum(r["success"] for r in seen) / max(len(seen), 1)
+    _out(
+        f"[demo] push through the ROS 2 graph: success {rate:.0%} "
+        f"({sum(r['success'] for r in seen)}/{len(seen)} episodes); results {results_path}"
+    )
+    if len(seen) < args.episodes:
+        _out(
+            f"[demo] FAILED: {len(seen)} of {args.episodes} episodes finished; logs in {run / 'logs'}"
+        )
+        return code or 1
+    return 0
+
+
+def _read_new(path: Path, skip: int) -> list[dict]:
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    out = []
+    for line in lines[skip:]:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a line still being written
+    return out
+
+
+# ----- parser ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="twinloop",
+        description="twinloop: real-robot learning stack with a MuJoCo twin (see README.md).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def twin_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--task", default="push_cube", help="task name (default: push_cube)")
+        p.add_argument("--width", type=int, default=320, help="camera width, px")
+        p.add_argument("--height", type=int, default=240, help="camera height, px")
+
+    twin = sub.add_parser("twin", help="the MuJoCo twin without ROS: run, params, info")
+    twin_sub = twin.add_subparsers(dest="twin_command", required=True, metavar="TWIN_COMMAND")
+    p = twin_sub.add_parser("run", help="run scripted-expert episodes in the twin")
+    twin_args(p)
+    p.add_argument("--episodes", type=int, default=3, help="number of episodes")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
+    p.add_argument("--noise", type=float, default=0.0, help="expert noise, fraction of a step")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a physical parameter, e.g. cube.mass=0.3 (repeatable)",
+    )
+    p.add_argument(
+        "--frames", type=int, default=0, help="keep N frames per episode for a contact sheet"
+    )
+    p.add_argument("--out", default=None, help="PNG path of the contact sheet (with --frames)")
+    p.set_defaults(func=cmd_twin_run)
+    p = twin_sub.add_parser("params", help="list the named physical parameters and their ranges")
+    p.add_argument("--task", default=None, help="only the parameters of this task's objects")
+    p.set_defaults(func=cmd_twin_params)
+    p = twin_sub.add_parser("info", help="print joints, camera intrinsics and parameters as JSON")
+    twin_args(p)
+    p.set_defaults(func=cmd_twin_info)
+
+    p = sub.add_parser("topics", help="print the ROS 2 topic contract")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser(
+        "launch", help="start a node graph (config/graph_<profile>.yaml) as processes"
+    )
+    p.add_argument("--profile", default="sim", help="graph profile: sim or robot (default: sim)")
+    p.add_argument("--graph", default=None, help="path to a graph YAML instead of a profile")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter, e.g. twin.task=open_drawer (repeatable)",
+    )
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser(
+        "demo", help="the main job on the twin: sim graph + scripted teleop episodes"
+    )
+    p.add_argument("--episodes", type=int, default=3, help="episodes to run (default: 3)")
+    p.add_argument("--task", default="push_cube", help="task (default: push_cube)")
+    p.add_argument("--profile", default="sim", help="graph profile (default: sim)")
+    p.add_argument(
+        "--realtime",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the twin in real time (default) or as fast as possible",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="override a node parameter (repeatable)",
+    )
+    p.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("OpenGL", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _setup_env()
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as err:  # TwinloopError, TwinError and friends: bad input, said plainly
+        if args.verbose:
+            log.exception("%s", err)
+        else:
+            log.error("%s", err)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
