@@ -161,8 +161,8 @@ def _add_panda(spec: mujoco.MjSpec, config: ArmConfig) -> None:
     for i, (name, (lo, hi)) in enumerate(zip(config.joints, PANDA_LIMITS, strict=True)):
         act = spec.add_actuator(name=config.actuators[i], target=name)
         act.trntype = mujoco.mjtTrn.mjTRN_JOINT
-        kp = 600.0 if i < 4 else 250.0
-        act.set_to_position(kp=kp, kv=2 * math.sqrt(kp) * 1.5)
+        kp, kv = (600.0, 60.0) if i < 4 else (250.0, 20.0)  # about critically damped
+        act.set_to_position(kp=kp, kv=kv)
         act.ctrlrange = [lo, hi]
         act.ctrllimited = True
 
