@@ -69,13 +69,20 @@ class ActionLimiter:
             raise TwinloopError(msg)
         cfg = self.config
         out = a.copy()
-        norm = float(np.linalg.norm(out[:3]))
-        if norm > cfg.max_translation:
-            out[:3] *= cfg.max_translation / norm
         if ee_pos is not None:
             ee = np.asarray(ee_pos, dtype=float)
             if ee.shape == (3,) and np.isfinite(ee).all():
                 out[:3] = np.clip(ee + out[:3], self._low, self._high) - ee
+        out[:3] = _limit_norm(out[:3], cfg.max_translation)  # also bounds a move back inside
         out[3] = float(np.clip(out[3], -cfg.max_yaw, cfg.max_yaw))
         out[4] = float(np.clip(out[4], -1.0, 1.0))
         return out
+
+
+def _limit_norm(v: np.ndarray, limit: float) -> np.ndarray:
+    """Scale ``v`` down to norm ``limit`` if longer (overflow-safe for huge values)."""
+    peak = float(np.max(np.abs(v)))
+    if peak == 0.0:
+        return v
+    norm = peak * float(np.linalg.norm(v / peak))
+    return v * (limit / norm) if norm > limit else v
