@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import TwinError
 
-__all__ = ["PANDA_DH", "PANDA_HOME", "PANDA_LIMITS", "ArmConfig", "add_arm"]
+__all__ = ["PANDA_DH", "PANDA_HOME", "PANDA_LIMITS", "ArmConfig", "arm_spec"]
 
 # Franka Emika Panda / FR3 modified-DH parameters, one row per joint: (a, d, alpha) in m and rad.
 # Frame i relative to frame i-1 is RotX(alpha) TransX(a) RotZ(q_i) TransZ(d).
@@ -78,34 +78,43 @@ def _quat_rotx(angle: float) -> list[float]:
     return [math.cos(angle / 2), math.sin(angle / 2), 0.0, 0.0]
 
 
-def add_arm(spec: mujoco.MjSpec, config: ArmConfig) -> None:
-    """Add the arm to ``spec`` (built-in Panda, or attach the configured MJCF)."""
+def arm_spec(config: ArmConfig) -> mujoco.MjSpec:
+    """A spec holding only the arm (built-in Panda, or the configured MJCF file).
+
+    The cell is then added to this spec, so an MJCF arm keeps its own compiler settings
+    (angle units, mesh paths) and its names stay exactly as the file has them.
+    """
     if config.mjcf_path is None:
+        spec = mujoco.MjSpec()
+        spec.compiler.degree = False  # every angle in this package is in radians
         _add_panda(spec, config)
-    else:
-        _attach_mjcf(spec, config)
+        return spec
+    return _load_mjcf(config)
 
 
-def _attach_mjcf(spec: mujoco.MjSpec, config: ArmConfig) -> None:
+def _load_mjcf(config: ArmConfig) -> mujoco.MjSpec:
     try:
-        child = mujoco.MjSpec.from_file(str(config.mjcf_path))
+        spec = mujoco.MjSpec.from_file(str(config.mjcf_path))
     except Exception as err:  # mujoco raises ValueError with the parser's message
         msg = f"cannot load arm MJCF {config.mjcf_path}: {err}"
         raise TwinError(msg) from err
-    site_names = {s.name for s in child.sites}
+    site_names = {s.name for s in spec.sites}
     if config.ee_site not in site_names:
         msg = (
             f"arm MJCF {config.mjcf_path} has no site named {config.ee_site!r} "
             f"(sites: {sorted(site_names)}); set ArmConfig.ee_site"
         )
         raise TwinError(msg)
-    joint_names = {j.name for j in child.joints}
+    joint_names = {j.name for j in spec.joints}
     missing = [j for j in config.joints if j not in joint_names]
     if missing:
         msg = f"arm MJCF {config.mjcf_path} lacks joints {missing} (has {sorted(joint_names)})"
         raise TwinError(msg)
-    frame = spec.worldbody.add_frame(pos=list(config.base_pos))
-    spec.attach(child, frame=frame, prefix="")
+    body = spec.worldbody.first_body()
+    while body is not None:  # place the arm's root bodies at the base position
+        body.pos = np.asarray(body.pos) + np.asarray(config.base_pos)
+        body = spec.worldbody.next_body(body)
+    return spec
 
 
 def _add_panda(spec: mujoco.MjSpec, config: ArmConfig) -> None:

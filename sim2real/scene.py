@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
-from .arm import ArmConfig, add_arm
+from .arm import ArmConfig, arm_spec
 from .errors import TwinError
 
 __all__ = ["OBJECTS", "CameraConfig", "build_scene"]
@@ -72,9 +72,8 @@ def build_scene(objects: Iterable[str], *, arm: ArmConfig, camera: CameraConfig)
     if unknown:
         msg = f"unknown scene objects {unknown}. Available: {list(OBJECTS)}"
         raise TwinError(msg)
-    spec = mujoco.MjSpec()
+    spec = arm_spec(arm)  # the arm file's own compiler settings stay in force for it
     spec.modelname = "twinloop_cell"
-    spec.compiler.degree = False  # every angle in this file is in radians
     spec.option.timestep = 0.002
     spec.option.integrator = mujoco.mjtIntegrator.mjINT_IMPLICITFAST
     spec.option.cone = mujoco.mjtCone.mjCONE_ELLIPTIC  # elliptic cones + impratio: grasps hold
@@ -101,7 +100,6 @@ def build_scene(objects: Iterable[str], *, arm: ArmConfig, camera: CameraConfig)
         xyaxes=camera.xyaxes(),
         fovy=camera.fovy,
     )
-    add_arm(spec, arm)
     if "cube" in objects:
         _add_cube(spec)
     if "drawer" in objects:

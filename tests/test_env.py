@@ -6,7 +6,6 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-
 from twinloop.sim2real import ENV_IDS, TwinError
 from twinloop.sim2real.env import TwinEnv
 from twinloop.sim2real.scene import CameraConfig

@@ -16,7 +16,10 @@ floats = st.floats(allow_nan=True, allow_infinity=True, width=64)
 
 
 @settings(max_examples=400, deadline=None)
-@given(st.lists(floats, min_size=0, max_size=8), st.one_of(st.none(), st.lists(floats, min_size=3, max_size=3)))
+@given(
+    st.lists(floats, min_size=0, max_size=8),
+    st.one_of(st.none(), st.lists(floats, min_size=3, max_size=3)),
+)
 def test_output_never_leaves_the_limits(action: list[float], ee: list[float] | None) -> None:
     try:
         out = LIMITER(action, ee_pos=ee)
@@ -29,7 +32,9 @@ def test_output_never_leaves_the_limits(action: list[float], ee: list[float] | N
     assert -1.0 <= out[4] <= 1.0
     if ee is not None and np.isfinite(ee).all():
         target = np.asarray(ee) + out[:3]
-        inside = np.all(np.asarray(ee) >= CFG.workspace_low) and np.all(np.asarray(ee) <= CFG.workspace_high)
+        inside = np.all(np.asarray(ee) >= CFG.workspace_low) and np.all(
+            np.asarray(ee) <= CFG.workspace_high
+        )
         if inside:
             assert np.all(target >= np.asarray(CFG.workspace_low) - 1e-9)
             assert np.all(target <= np.asarray(CFG.workspace_high) + 1e-9)

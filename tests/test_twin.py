@@ -8,7 +8,6 @@ from pathlib import Path
 import mujoco
 import numpy as np
 import pytest
-
 from twinloop.sim2real import TwinError
 from twinloop.sim2real.arm import PANDA_LIMITS, ArmConfig
 from twinloop.sim2real.experts import LiftRodExpert, make_expert
@@ -114,7 +113,9 @@ def test_higher_friction_slides_less() -> None:
 
 def test_drawer_damping_slows_the_drawer() -> None:
     def travel(damping: float) -> float:
-        twin = Twin(TwinConfig(task="open_drawer", render=False), params={"drawer.damping": damping})
+        twin = Twin(
+            TwinConfig(task="open_drawer", render=False), params={"drawer.damping": damping}
+        )
         twin.reset(seed=0)
         phys = twin.physics
         phys.data.xfrc_applied[phys.model.body("drawer").id, :3] = [-5.0, 0, 0]
@@ -186,10 +187,14 @@ def test_push_success_radius() -> None:
     twin.reset(seed=0)
     phys = twin.physics
     goal = phys.site_pos("goal")
-    phys.set_free_pose("cube_joint", np.array([goal[0] + 0.01, goal[1], 0.025]), np.array([1, 0, 0, 0]))
+    phys.set_free_pose(
+        "cube_joint", np.array([goal[0] + 0.01, goal[1], 0.025]), np.array([1, 0, 0, 0])
+    )
     mujoco.mj_forward(phys.model, phys.data)
     assert twin.success()
-    phys.set_free_pose("cube_joint", np.array([goal[0] + 0.05, goal[1], 0.025]), np.array([1, 0, 0, 0]))
+    phys.set_free_pose(
+        "cube_joint", np.array([goal[0] + 0.05, goal[1], 0.025]), np.array([1, 0, 0, 0])
+    )
     mujoco.mj_forward(phys.model, phys.data)
     assert not twin.success()
 
@@ -344,7 +349,6 @@ def _toy_arm(**kw: object) -> ArmConfig:
     return ArmConfig(**base)  # type: ignore[arg-type]
 
 
-@pytest.mark.filterwarnings("ignore:Attaching a spec")
 def test_any_mjcf_arm_can_be_swapped_in() -> None:
     twin = Twin(TwinConfig(task="push_cube", render=False, arm=_toy_arm()))
     twin.reset(seed=0)
