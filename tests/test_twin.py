@@ -298,7 +298,7 @@ def test_set_params_out_of_range_changes_nothing(push_twin: Twin) -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), "heavy", None])
 def test_set_params_not_a_finite_number(push_twin: Twin, value: object) -> None:
-    with pytest.raises(TwinError, match="cube.mass"):
+    with pytest.raises(TwinError, match=r"cube\.mass"):
         push_twin.set_params({"cube.mass": value})  # type: ignore[dict-item]
 
 
