@@ -56,9 +56,9 @@ TOPICS: dict[str, Topic] = {
         ),
         Topic(
             "/twinloop/reward",
-            "std_msgs/Float64MultiArray",
+            "sensor_msgs/JointState",
             False,
-            "reward, success (stamped by layout)",
+            "names [reward, success]; header stamp = the camera frame's stamp",
         ),
         Topic("/twinloop/episode", "std_msgs/String", False, "JSON episode events"),
         Topic("/twinloop/sim/state", "std_msgs/String", False, "twin only: JSON privileged state"),
