@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +24,7 @@ class TwinEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     terminates on success and is truncated at the task's step budget.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 10}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}  # noqa: RUF012 (gymnasium API)
 
     def __init__(
         self,
@@ -49,7 +49,7 @@ class TwinEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         }
         if config.depth:
             obs["depth"] = spaces.Box(0, 65535, (cam.height, cam.width), np.uint16)
-        self.observation_space = spaces.Dict(obs)
+        self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self.action_space = spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
         self._scale = np.array([config.max_translation] * 3 + [config.max_yaw, 1.0])
         self._last: Observation | None = None
@@ -86,7 +86,7 @@ class TwinEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         info = {"success": result.success, "is_success": result.success, **result.info}
         return self._obs(result.observation), reward, result.success, result.truncated, info
 
-    def render(self) -> np.ndarray | None:  # type: ignore[override]
+    def render(self) -> np.ndarray | None:
         if self._last is not None and self._last.image is not None:
             return self._last.image
         return self.twin.physics.render()
