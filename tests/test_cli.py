@@ -13,7 +13,9 @@ import pytest
 ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
 
 
-def twinloop(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def twinloop(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "twinloop", *args],
         capture_output=True,
@@ -45,8 +47,20 @@ def test_every_command_has_help(args: list[str]) -> None:
 def test_twin_run_with_contact_sheet(tmp_path: Path) -> None:
     sheet = tmp_path / "sheet.png"
     out = twinloop(
-        "twin", "run", "--task", "lift_rod", "--episodes", "2", "--frames", "4", "--out", str(sheet),
-        "--width", "64", "--height", "48",
+        "twin",
+        "run",
+        "--task",
+        "lift_rod",
+        "--episodes",
+        "2",
+        "--frames",
+        "4",
+        "--out",
+        str(sheet),
+        "--width",
+        "64",
+        "--height",
+        "48",
     ).stdout
     assert "episode 0 seed 0: success" in out
     assert "lift_rod: success 100% over 2 episodes" in out
