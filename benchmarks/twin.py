@@ -47,7 +47,7 @@ from twinloop.sim2real.twin import Twin, TwinConfig
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 PEER = HERE / "_dds_peer.py"
-SHM_PROFILE = HERE / "fastdds_shm_8mb.xml"
+SHM_PROFILE = HERE.parent / "robot_ws" / "src" / "twinloop_ros" / "config" / "fastdds.xml"
 SECTION = "twin.py"
 RESULTS_HEADER = """# twinloop benchmarks
 
@@ -600,7 +600,7 @@ def report(
         "frames. QoS: *sensor* = `qos_profile_sensor_data` (best effort, keep last 5) on both "
         "sides, as the stack's sensor subscriptions use; *reliable* = reliable, keep last 5 on "
         "both sides. Transport: *defaults* = Fast DDS built-in transports (shared memory with "
-        "512 KiB segments + UDPv4); *shm_8mb* = `benchmarks/fastdds_shm_8mb.xml` "
+        "512 KiB segments + UDPv4); *shm_8mb* = `robot_ws/src/twinloop_ros/config/fastdds.xml` "
         "(`FASTRTPS_DEFAULT_PROFILES_FILE`, shared memory with 8 MiB segments + UDPv4).",
         "",
     ]
@@ -677,7 +677,7 @@ def findings(
         if shm and all(ok(r) for r in shm):
             worst = max(r.pct(99) for r in shm)
             text += (
-                " With 8 MiB segments (`benchmarks/fastdds_shm_8mb.xml`) every case received "
+                " With 8 MiB segments (`robot_ws/src/twinloop_ros/config/fastdds.xml`) every case received "
                 f"every frame with p99 <= {worst:.1f} ms, so the graph profiles should ship such "
                 "a Fast DDS profile for 640x480 cameras."
             )

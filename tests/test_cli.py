@@ -93,3 +93,56 @@ def test_twin_info_is_json() -> None:
 def test_topics_lists_the_contract() -> None:
     out = twinloop("topics").stdout
     assert "/camera/camera/color/image_raw" in out and "/twinloop/safe_action" in out
+
+
+@pytest.mark.ros
+def test_launch_runs_the_graph_for_a_duration_and_stops_cleanly() -> None:
+    res = twinloop(
+        "launch",
+        "--profile",
+        "sim",
+        "--duration",
+        "4",
+        "--set",
+        "scripted_teleop.episodes=50",
+        timeout=60,
+    )
+    assert "launching sim: twin, safety, scripted_teleop" in res.stdout
+
+
+@pytest.mark.ros
+def test_demo_runs_episodes_through_the_graph(tmp_path: Path) -> None:
+    res = twinloop(
+        "demo",
+        "--episodes",
+        "2",
+        "--task",
+        "lift_rod",
+        "--no-realtime",
+        "--runs",
+        str(tmp_path),
+        timeout=120,
+    )
+    assert "[demo] episode 1: success" in res.stdout
+    lines = next(tmp_path.glob("*/episodes.jsonl")).read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["episode"] for r in records] == [0, 1]
+    assert all(r["success"] and r["task"] == "lift_rod" for r in records)
+    assert {p.name for p in next(tmp_path.glob("*/logs")).iterdir()} >= {"twin.log", "safety.log"}
+
+
+@pytest.mark.ros
+def test_demo_with_a_bad_parameter_fails_with_the_reason(tmp_path: Path) -> None:
+    res = twinloop(
+        "demo",
+        "--episodes",
+        "1",
+        "--set",
+        "twin.params.cube.mass=9",
+        "--runs",
+        str(tmp_path),
+        check=False,
+        timeout=60,
+    )
+    assert res.returncode != 0
+    assert "cube.mass=9.0 is outside" in res.stdout + res.stderr

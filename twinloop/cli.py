@@ -164,7 +164,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
             code = procs.wait(timeout=args.duration)
         except KeyboardInterrupt:
             code = 0
-    return code
+    return code if code is not None else 0  # None: --duration ran out with all nodes up
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -191,7 +191,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     seen: list[dict] = []
     bar = tqdm(total=args.episodes, unit="episode", desc="episodes")
     code = 1
-    with GraphProcesses(graph, log_dir=run / "logs") as procs:
+    # Node output goes to runs/<ts>/logs/<node>.log; the console keeps the progress bar.
+    with GraphProcesses(graph, log_dir=run / "logs", output=lambda _node, _line: None) as procs:
         deadline = time.monotonic() + args.timeout
         while time.monotonic() < deadline:
             for rec in _read_new(results_path, len(seen)):

@@ -1,0 +1,1 @@
+"""twinloop_ros: thin rclpy adapters over the ROS-free twinloop core."""

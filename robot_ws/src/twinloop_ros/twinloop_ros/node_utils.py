@@ -1,0 +1,154 @@
+"""What every twinloop node shares: QoS from the topic contract, typed parameters, a main loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.logging import get_logger
+from rclpy.node import Node
+from rclpy.qos import (
+    QoSDurabilityPolicy,
+    QoSHistoryPolicy,
+    QoSProfile,
+    QoSReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from rclpy.task import Future
+
+from twinloop.topics import TOPICS
+
+from .errors import RosAdapterError
+
+__all__ = [
+    "COMMAND_QOS",
+    "SENSOR_QOS",
+    "main_exit",
+    "params_from_dataclass",
+    "qos_for",
+    "run_node",
+]
+
+# Sensor streams: best effort, keep the last few (compatible with reliable drivers).
+SENSOR_QOS: QoSProfile = qos_profile_sensor_data
+# Commands and events: reliable, volatile, depth 10.
+COMMAND_QOS = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=10,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.VOLATILE,
+)
+
+
+def qos_for(topic: str) -> QoSProfile:
+    """The QoS the topic contract (twinloop.topics.TOPICS) gives ``topic``."""
+    try:
+        sensor = TOPICS[topic].sensor
+    except KeyError:
+        msg = f"{topic!r} is not in the topic contract. Available: {sorted(TOPICS)}"
+        raise RosAdapterError(msg) from None
+    return SENSOR_QOS if sensor else COMMAND_QOS
+
+
+T = TypeVar("T")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Accept ``value`` for a parameter whose default is ``default`` (ints pass for floats)."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (tuple, list)) or hasattr(value, "tolist"):
+            items = list(value)
+            if default and isinstance(default[0], float):
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+                    return tuple(float(v) for v in items)
+            elif all(type(v) is type(default[0]) for v in items):
+                return tuple(items)
+    msg = f"parameter {name!r} must be like {default!r}, got {value!r}"
+    raise RosAdapterError(msg)
+
+
+def params_from_dataclass(
+    node: Node, cls: type[T], *, read_only: bool = True, prefix: str = ""
+) -> T:
+    """Declare one ROS parameter per field of the (flat) dataclass ``cls`` and build it.
+
+    Fields become parameters named ``<prefix><field>`` with the field's default; values given at
+    start (``-p name:=value``) are coerced to the field's type (``15`` is fine for a float). The
+    dataclass validates itself, so bad parameters fail at start with its message.
+    """
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cast(Any, cls)):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            msg = f"{cls.__name__}.{f.name} has no default; cannot turn it into a parameter"
+            raise RosAdapterError(msg)
+        name = prefix + f.name
+        ros_default = list(default) if isinstance(default, tuple) else default
+        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=read_only)
+        value = node.declare_parameter(name, ros_default, descriptor).value
+        values[f.name] = _coerce(name, value, default)
+    return cls(**values)
+
+
+def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+    """Run a node until Ctrl-C / SIGTERM (or until its ``done`` future completes); exit code.
+
+    rclpy.init installs handlers for SIGINT and SIGTERM that shut the context down, which ends
+    the spin cleanly. A node that exposes ``done: Future`` stops when it completes and its
+    result (an int) is the exit code. Bad parameters (ValueError at construction) give exit 2.
+    """
+    rclpy.init(args=args)
+    node: Node | None = None
+    code = 0
+    try:
+        try:
+            node = make_node()
+        except ValueError as err:  # TwinloopError, TwinError, RosAdapterError: bad parameters
+            get_logger("twinloop").fatal(f"cannot start: {err}")
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        done: Future | None = getattr(node, "done", None)
+        if done is None:
+            executor.spin()
+        else:
+            executor.spin_until_future_complete(done)
+            if done.done():
+                code = int(done.result() or 0)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        # SIGINT/SIGTERM shut the context down at once; a callback that was publishing just then
+        # fails with "context is invalid". That is the shutdown, not an error.
+        if rclpy.ok():
+            raise
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+def main_exit(make_node: Callable[[], Node]) -> None:
+    """Console-script entry: run the node with the process arguments and exit with its code."""
+    sys.exit(run_node(make_node, args=sys.argv))
