@@ -12,7 +12,7 @@ Measures, side by side in one run on this machine:
    because the machine is shared and noisy.
 2. The twin's ms per control step for every task, with and without rendering.
 3. Camera-frame latency between two processes over ROS 2 (rclpy, Fast DDS, same host): a
-   publisher process and a subscriber process (benchmarks/_dds_peer.py), receive time minus
+   publisher process and a subscriber process (twinloop_ros.dds_peer), receive time minus
    header stamp.
 
 Results go to benchmarks/RESULTS.md, into this script's own section (rewritten in place).
@@ -34,6 +34,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -46,7 +47,7 @@ from twinloop.sim2real.twin import Twin, TwinConfig
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-PEER = HERE / "_dds_peer.py"
+PEER_MODULE = "twinloop_ros.dds_peer"  # rclpy stays inside robot_ws/
 SHM_PROFILE = HERE.parent / "robot_ws" / "src" / "twinloop_ros" / "config" / "fastdds.xml"
 SECTION = "twin.py"
 RESULTS_HEADER = """# twinloop benchmarks
@@ -370,7 +371,7 @@ def run_dds_case(case: DdsCase, count: int, domain_id: int, log_dir: str) -> Dds
     procs: list[subprocess.Popen[str]] = []
     try:
         sub = subprocess.Popen(
-            [sys.executable, str(PEER), "sub", *common],
+            [sys.executable, "-m", PEER_MODULE, "sub", *common],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -378,7 +379,7 @@ def run_dds_case(case: DdsCase, count: int, domain_id: int, log_dir: str) -> Dds
         )
         procs.append(sub)
         pub = subprocess.Popen(
-            [sys.executable, str(PEER), "pub", *common],
+            [sys.executable, "-m", PEER_MODULE, "pub", *common],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -402,11 +403,9 @@ def run_dds_case(case: DdsCase, count: int, domain_id: int, log_dir: str) -> Dds
 
 
 def bench_dds(cases: Sequence[DdsCase], count: int, domain_id: int) -> list[DdsResult]:
-    try:
-        import rclpy  # noqa: F401
-        import sensor_msgs.msg  # noqa: F401
-    except ImportError as err:
-        log(f"skipping DDS transport: ROS 2 wheels not importable ({err})")
+    missing = [m for m in ("rclpy", "sensor_msgs", "twinloop_ros") if find_spec(m) is None]
+    if missing:
+        log(f"skipping DDS transport: not importable: {', '.join(missing)}")
         return []
     out = []
     with tempfile.TemporaryDirectory(prefix="twinloop-bench-ros-") as log_dir:

@@ -12,29 +12,21 @@ import logging
 import os
 import subprocess
 import sysconfig
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 
-rclpy = pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels (pip install -e .[ros])")
+pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels (pip install -e .[ros])")
 
-from geometry_msgs.msg import PoseStamped  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.context import Context  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.node import Node  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
-from std_srvs.srv import Trigger  # noqa: E402
-from twinloop_ros.conversions import action_to_msg, image_from_msg  # noqa: E402
-from twinloop_ros.node_utils import COMMAND_QOS, SENSOR_QOS  # noqa: E402
+from sensor_msgs.msg import JointState
+from std_srvs.srv import Trigger
+from twinloop_ros.conversions import action_to_msg, image_from_msg
+from twinloop_ros.probe import GraphProbe, ros_env
 
-from twinloop.graph import GraphProcesses, load_graph  # noqa: E402
+from twinloop.graph import GraphProcesses, load_graph
 
 pytestmark = pytest.mark.ros
 log = logging.getLogger(__name__)
@@ -43,48 +35,7 @@ log = logging.getLogger(__name__)
 # ports stay out of Linux's ephemeral range, and away from the default domain 0.
 DOMAIN_ID = 1 + os.getpid() % 50
 CAMERA_FPS = 15.0  # the CI default of graph_sim.yaml (320x240)
-
-
-def ros_env(domain_id: int) -> dict[str, str]:
-    return {
-        "ROS_DOMAIN_ID": str(domain_id),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-    }
-
-
-@dataclass
-class Probe:
-    """This test process's view of the graph."""
-
-    node: Node
-    executor: SingleThreadedExecutor
-    image_times: list[float] = field(default_factory=list)
-    last_image: Image | None = None
-    last_info: CameraInfo | None = None
-    joint_states: list[JointState] = field(default_factory=list)
-    poses: list[PoseStamped] = field(default_factory=list)
-
-    def spin_for(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.005)
-
-    def spin_until(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout} s waiting for {what}")
-            self.executor.spin_once(timeout_sec=0.01)
-
-    def call(self, client, request, timeout: float = 10.0):
-        self.spin_until(client.service_is_ready, timeout, f"service {client.srv_name}")
-        future = client.call_async(request)
-        self.spin_until(future.done, timeout, f"an answer from {client.srv_name}")
-        return future.result()
-
-    def ee_x(self) -> float:
-        return self.poses[-1].pose.position.x
+Probe = GraphProbe
 
 
 @pytest.fixture(scope="module")
@@ -101,45 +52,18 @@ def graph() -> Iterator[GraphProcesses]:
 
 
 @pytest.fixture(scope="module")
-def probe(graph: GraphProcesses) -> Iterator[Probe]:
+def probe(graph: GraphProcesses) -> Iterator[GraphProbe]:
     with pytest.MonkeyPatch.context() as mp:
         for key, value in ros_env(DOMAIN_ID).items():
             mp.setenv(key, value)
-        context = Context()
-        rclpy.init(context=context)
-        node = rclpy.create_node("test_probe", context=context)
-        executor = SingleThreadedExecutor(context=context)
-        executor.add_node(node)
-        p = Probe(node, executor)
-
-        def on_image(msg: Image) -> None:
-            p.image_times.append(time.monotonic())
-            p.last_image = msg
-
-        node.create_subscription(Image, "/camera/camera/color/image_raw", on_image, SENSOR_QOS)
-        node.create_subscription(
-            CameraInfo,
-            "/camera/camera/color/camera_info",
-            lambda m: setattr(p, "last_info", m),
-            SENSOR_QOS,
-        )
-        node.create_subscription(JointState, "/joint_states", p.joint_states.append, SENSOR_QOS)
-        node.create_subscription(PoseStamped, "/twinloop/ee_pose", p.poses.append, SENSOR_QOS)
-        try:
+        with GraphProbe.open("test_probe", domain_id=DOMAIN_ID) as p:
             p.spin_until(lambda: p.last_image is not None, 60.0, "the first camera image")
             yield p
-        finally:
-            executor.shutdown()
-            node.destroy_node()
-            rclpy.try_shutdown(context=context)
 
 
 def test_camera_stream_rate_and_format(probe: Probe) -> None:
     probe.spin_for(0.5)  # let the stream settle after the first frame
-    start = len(probe.image_times)
-    t0 = time.monotonic()
-    probe.spin_for(4.0)
-    rate = (len(probe.image_times) - start) / (time.monotonic() - t0)
+    rate = probe.image_rate(4.0)
     log.info("camera rate %.2f Hz (configured %.1f Hz)", rate, CAMERA_FPS)
     assert rate >= 0.9 * CAMERA_FPS, f"camera at {rate:.1f} Hz, configured {CAMERA_FPS}"
     msg = probe.last_image
@@ -166,13 +90,7 @@ def test_joint_states_and_ee_pose(probe: Probe) -> None:
 
 
 def _drive(probe: Probe, action: list[float], steps: int) -> None:
-    pub = probe.node.create_publisher(JointState, "/twinloop/action", COMMAND_QOS)
-    probe.spin_until(lambda: pub.get_subscription_count() > 0, 10.0, "the safety node")
-    for _ in range(steps):
-        pub.publish(action_to_msg(action, stamp=probe.node.get_clock().now().to_msg()))
-        probe.spin_for(0.1)
-    probe.spin_for(0.8)  # the arm settles on the last target
-    probe.node.destroy_publisher(pub)
+    probe.publish_actions(action, steps, settle=0.8)  # the arm settles on the last target
 
 
 def test_actions_move_the_end_effector(probe: Probe) -> None:
@@ -189,20 +107,11 @@ def test_actions_move_the_end_effector(probe: Probe) -> None:
 def test_bad_actions_are_dropped_and_the_twin_keeps_running(
     probe: Probe, graph: GraphProcesses
 ) -> None:
-    raw = probe.node.create_publisher(JointState, "/twinloop/action", COMMAND_QOS)
-    safe = probe.node.create_publisher(JointState, "/twinloop/safe_action", COMMAND_QOS)
-    probe.spin_until(
-        lambda: raw.get_subscription_count() > 0 and safe.get_subscription_count() > 0,
-        10.0,
-        "subscribers of the action topics",
-    )
     nan_action = action_to_msg([float("nan"), 0.0, 0.0, 0.0, 0.0])
     short = JointState(name=["dx", "dy"], position=[0.1, 0.1])
-    for _ in range(3):
-        raw.publish(nan_action)  # the safety node refuses it
-        safe.publish(nan_action)  # and so does the twin, should anything bypass safety
-        safe.publish(short)
-        probe.spin_for(0.1)
+    probe.publish_actions(nan_action, 3)  # the safety node refuses it
+    probe.publish_actions(nan_action, 3, topic="/twinloop/safe_action")  # and so does the twin
+    probe.publish_actions(short, 3, topic="/twinloop/safe_action")
     images, poses = len(probe.image_times), len(probe.poses)
     probe.spin_for(1.5)
     assert graph.poll() is None and graph.running() == ["twin", "safety"]
@@ -213,37 +122,37 @@ def test_bad_actions_are_dropped_and_the_twin_keeps_running(
     assert any("dropping safe_action" in line for line in lines["twin"])
 
 
-def _set(probe: Probe, client, name: str, value) -> tuple[bool, str]:
-    request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
-    result = probe.call(client, request).results[0]
-    return result.successful, result.reason
+def _set(probe: Probe, name: str, value: object) -> tuple[bool, str]:
+    return probe.set_parameters("twin", {name: value})[0]
 
 
 def test_physical_parameters_are_validated_by_the_twin(probe: Probe) -> None:
-    client = probe.node.create_client(SetParameters, "/twin/set_parameters")
-    ok, reason = _set(probe, client, "params.cube.bogus", 1.0)
+    ok, reason = _set(probe, "params.cube.bogus", 1.0)
     assert not ok and "unknown twin parameter 'cube.bogus'" in reason and "cube.mass" in reason
-    ok, reason = _set(probe, client, "params.cube.mass", 50.0)
+    ok, reason = _set(probe, "params.cube.mass", 50.0)
     assert not ok and "outside [0.02, 1.0]" in reason
-    ok, reason = _set(probe, client, "params.cube.mass", "heavy")
+    ok, reason = _set(probe, "params.cube.mass", "heavy")
     assert not ok and "must be a number" in reason
-    ok, reason = _set(probe, client, "bogus", 1)
+    ok, reason = _set(probe, "bogus", 1)
     assert not ok and "unknown parameter 'bogus'" in reason
-    ok, reason = _set(probe, client, "task", "open_drawer")
+    ok, reason = _set(probe, "task", "open_drawer")
     assert not ok and "read-only" in reason
-    ok, reason = _set(probe, client, "params.cube.mass", 0.3)
+    ok, reason = _set(probe, "params.cube.mass", 0.3)
     assert ok, reason
 
-    get = probe.node.create_client(Trigger, "/twin/get_params")
-    answer = probe.call(get, Trigger.Request())
+    answer = probe.call(Trigger, "/twin/get_params", Trigger.Request())
     params = json.loads(answer.message)
     assert answer.success and params["params"]["cube.mass"] == pytest.approx(0.3)
     assert params["specs"]["cube.mass"]["high"] == 1.0
 
-    reset = probe.node.create_client(Trigger, "/twin/reset")
-    answer = probe.call(reset, Trigger.Request())
+    answer = probe.call(Trigger, "/twin/reset", Trigger.Request())
     assert answer.success and json.loads(answer.message)["episode"] == 1
-    assert json.loads(probe.call(get, Trigger.Request()).message)["params"]["cube.mass"] == 0.3
+    assert (
+        json.loads(probe.call(Trigger, "/twin/get_params", Trigger.Request()).message)["params"][
+            "cube.mass"
+        ]
+        == 0.3
+    )
 
 
 def test_stop_leaves_no_processes(graph: GraphProcesses, probe: Probe) -> None:

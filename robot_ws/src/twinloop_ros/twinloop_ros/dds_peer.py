@@ -1,4 +1,5 @@
-"""One side of the image-transport latency benchmark (run by benchmarks/twin.py as a subprocess).
+"""One side of the image-transport latency benchmark (``python -m twinloop_ros.dds_peer``,
+run by benchmarks/twin.py as a subprocess).
 
 ``pub``: publishes ``--warmup`` + ``--count`` sensor_msgs/Image rgb8 frames at ``--rate`` Hz once a subscriber
 has matched; ``msg.data = array.array('B', img.tobytes())`` and ``header.stamp = now`` right
