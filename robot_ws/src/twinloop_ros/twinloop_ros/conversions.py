@@ -217,12 +217,7 @@ def action_to_msg(action: Sequence[float] | np.ndarray, *, stamp: Time | None = 
     if a.shape != (len(ACTION_NAMES),):
         msg = f"action must have {len(ACTION_NAMES)} values {ACTION_NAMES}, got shape {a.shape}"
         raise RosAdapterError(msg)
-    out = JointState()
-    if stamp is not None:
-        out.header.stamp = stamp
-    out.name = list(ACTION_NAMES)
-    out.position = a.tolist()
-    return out
+    return joint_state_to_msg(ACTION_NAMES, a, stamp=stamp)
 
 
 def action_from_msg(msg: JointState) -> np.ndarray:
