@@ -279,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     twin_args(p)
     p.set_defaults(func=cmd_twin_info)
 
+    ds = sub.add_parser("dataset", help="zarr episode stores: info, check, view, import, export")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="DATASET_COMMAND")
+    from twinloop.datasets.cli import add_commands as add_store_commands
+    from twinloop.datasets.convert_cli import add_commands as add_convert_commands
+
+    add_store_commands(ds_sub)
+    add_convert_commands(ds_sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 

@@ -38,6 +38,11 @@ setup(
             f"twin_node = {PACKAGE}.twin_node:main",
             f"scripted_teleop_node = {PACKAGE}.scripted_teleop_node:main",
             f"safety_node = {PACKAGE}.safety_node:main",
+            f"camera_node = {PACKAGE}.camera_node:main",
+            f"arm_bridge = {PACKAGE}.arm_bridge:main",
+            f"ros2_control_mock = {PACKAGE}.ros2_control_mock:main",
+            f"teleop_node = {PACKAGE}.teleop_node:main",
+            f"recorder_node = {PACKAGE}.recorder_node:main",
         ],
     },
 )
