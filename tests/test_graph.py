@@ -478,6 +478,11 @@ def test_console_scripts_are_installed() -> None:
         "twin_node": "twinloop_ros.twin_node:main",
         "scripted_teleop_node": "twinloop_ros.scripted_teleop_node:main",
         "safety_node": "twinloop_ros.safety_node:main",
+        "camera_node": "twinloop_ros.camera_node:main",
+        "arm_bridge": "twinloop_ros.arm_bridge:main",
+        "ros2_control_mock": "twinloop_ros.ros2_control_mock:main",
+        "teleop_node": "twinloop_ros.teleop_node:main",
+        "recorder_node": "twinloop_ros.recorder_node:main",
     }
     bindir = Path(sysconfig.get_path("scripts"))
     for name in scripts:

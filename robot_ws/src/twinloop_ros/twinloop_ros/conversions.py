@@ -393,3 +393,57 @@ def sim_state_from_msg(msg: String) -> dict[str, Any]:
         msg_ = f"sim state 'privileged_state' holds a non-numeric value: {err}"
         raise RosAdapterError(msg_) from err
     return payload
+
+
+# ----- arm driver commands (arm_bridge, ros2_control_mock) -----------------------------------
+def float64_array_to_msg(values: Sequence[float] | np.ndarray) -> Any:
+    """std_msgs/Float64MultiArray holding ``values`` (a forward command controller's command)."""
+    from std_msgs.msg import Float64MultiArray
+
+    out = Float64MultiArray()
+    out.data = np.asarray(values, dtype=float).ravel().tolist()
+    return out
+
+
+def float64_array_from_msg(msg: Any, *, size: int | None = None) -> np.ndarray:
+    """The values of a Float64MultiArray; RosAdapterError on a wrong length or NaN/inf."""
+    values = np.asarray(msg.data, dtype=float)
+    if size is not None and values.size != size:
+        msg_ = f"expected {size} values, got {values.size}"
+        raise RosAdapterError(msg_)
+    if not np.isfinite(values).all():
+        msg_ = f"values have NaN or inf: {values.tolist()}"
+        raise RosAdapterError(msg_)
+    return values
+
+
+def twist_to_msg(
+    linear: Sequence[float] | np.ndarray,
+    angular: Sequence[float] | np.ndarray,
+    *,
+    stamp: Time | None = None,
+    frame_id: str = "base_link",
+) -> Any:
+    """geometry_msgs/TwistStamped from linear (m/s) and angular (rad/s) 3-vectors."""
+    from geometry_msgs.msg import TwistStamped
+
+    lin = np.asarray(linear, dtype=float)
+    ang = np.asarray(angular, dtype=float)
+    if lin.shape != (3,) or ang.shape != (3,):
+        msg = f"a twist needs linear (3,) and angular (3,), got {lin.shape} and {ang.shape}"
+        raise RosAdapterError(msg)
+    out = TwistStamped()
+    _header(out, stamp, frame_id)
+    t = out.twist
+    t.linear.x, t.linear.y, t.linear.z = (float(v) for v in lin)
+    t.angular.x, t.angular.y, t.angular.z = (float(v) for v in ang)
+    return out
+
+
+def twist_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(linear (3,), angular (3,))`` of a TwistStamped."""
+    t = msg.twist
+    return (
+        np.array([t.linear.x, t.linear.y, t.linear.z], dtype=float),
+        np.array([t.angular.x, t.angular.y, t.angular.z], dtype=float),
+    )

@@ -152,3 +152,56 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
 def main_exit(make_node: Callable[[], Node]) -> None:
     """Console-script entry: run the node with the process arguments and exit with its code."""
     sys.exit(run_node(make_node, args=sys.argv))
+
+
+def declare_params(
+    node: Node, defaults: dict[str, Any], *, read_only: bool = True
+) -> dict[str, Any]:
+    """Declare one parameter per ``defaults`` entry and return the values given at start.
+
+    Like :func:`params_from_dataclass` for defaults known only at run time (a profile read from
+    a file): values are coerced to the default's type (``15`` is fine for a float). Empty lists
+    have no ROS parameter type, so such entries are returned as they are, undeclared.
+    """
+    values: dict[str, Any] = {}
+    for name, default in defaults.items():
+        if isinstance(default, (tuple, list)) and not default:
+            values[name] = default
+            continue
+        ros_default = list(default) if isinstance(default, tuple) else default
+        descriptor = ParameterDescriptor(dynamic_typing=True, read_only=read_only)
+        value = node.declare_parameter(name, ros_default, descriptor).value
+        values[name] = _coerce(name, value, default)
+    return values
+
+
+def exit_if_help(
+    doc: str | None, *configs: type, extra: str = "", argv: list[str] | None = None
+) -> None:
+    """``<node> --help`` (or ``-h``) before ``--ros-args``: print the docstring and the
+    parameters of ``configs`` (dataclasses: name and default), then exit 0."""
+    args = sys.argv[1:] if argv is None else argv
+    own = args[: args.index("--ros-args")] if "--ros-args" in args else args
+    if "--help" not in own and "-h" not in own:
+        return
+    lines = [(doc or "").strip(), "", "usage: <node> [--ros-args -p name:=value -r from:=to ...]"]
+    lines.append("\nparameters (default):")
+    for cls in configs:
+        for f in dataclasses.fields(cast(Any, cls)):
+            default = f.default if f.default is not dataclasses.MISSING else "(required)"
+            lines.append(f"  {f.name} ({default!r})")
+    if extra:
+        lines += ["", extra.strip()]
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.exit(0)
+
+
+def dataclass_from_params(node: Node, cls: type[T], *, prefix: str = "") -> T:
+    """Build ``cls`` again from parameters :func:`params_from_dataclass` declared, as they are
+    now (a lifecycle node re-reads them on configure). Values are coerced the same way."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cast(Any, cls)):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        name = prefix + f.name
+        values[f.name] = _coerce(name, node.get_parameter(name).value, default)
+    return cls(**values)
