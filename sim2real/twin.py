@@ -202,6 +202,9 @@ class Twin:
         m, d = self.physics.model, self.physics.data
         for _ in range(n):
             mujoco.mj_step(m, d)
+        # mj_step leaves positions (xpos, site_xpos) from before its last integration: refresh
+        # them so observations, poses and frames all describe the same, current state.
+        mujoco.mj_kinematics(m, d)
         if not np.isfinite(d.qpos).all():
             msg = "simulation diverged (non-finite state); reset the twin"
             raise TwinError(msg)
