@@ -132,7 +132,10 @@ def _compressor(step_shape: Sequence[int], dtype: np.dtype, image_codec: str = "
     if _is_image_like(step_shape):
         cname, clevel, shuffle = IMAGE_CODECS[image_codec]
         return BloscCodec(
-            cname=cname, clevel=clevel, shuffle=BloscShuffle(shuffle), typesize=dtype.itemsize
+            cname=cname,  # type: ignore[arg-type]  # one of zarr's BloscCname literals
+            clevel=clevel,
+            shuffle=BloscShuffle(shuffle),
+            typesize=dtype.itemsize,
         )
     return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle, typesize=dtype.itemsize)
 
