@@ -20,6 +20,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, JointState
 
 from .conversions import action_to_msg
@@ -148,3 +149,14 @@ class GraphProbe:
             self.spin_for(settle)
         finally:
             self.node.destroy_publisher(pub)
+
+    # ----- generic helpers (any topic, any message type) ------------------------------------
+    def collect(self, msg_type: Any, topic: str, qos: QoSProfile = COMMAND_QOS) -> list[Any]:
+        """Subscribe to ``topic``; the returned list fills with the messages as the probe spins."""
+        received: list[Any] = []
+        self.node.create_subscription(msg_type, topic, received.append, qos)
+        return received
+
+    def publisher(self, msg_type: Any, topic: str, qos: QoSProfile = COMMAND_QOS) -> Any:
+        """A publisher on the probe's node (destroyed with the probe)."""
+        return self.node.create_publisher(msg_type, topic, qos)
