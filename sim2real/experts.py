@@ -89,6 +89,16 @@ def _wrap(angle: float) -> float:
     return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
+def _half_turn(angle: float) -> float:
+    """The equivalent hand yaw in [-pi/2, pi/2] for a grasp symmetric under a half turn."""
+    angle = _wrap(angle)
+    if angle > math.pi / 2:
+        angle -= math.pi
+    elif angle < -math.pi / 2:
+        angle += math.pi
+    return angle
+
+
 class PushCubeExpert(ScriptedExpert):
     task = "push_cube"
 
@@ -99,8 +109,8 @@ class PushCubeExpert(ScriptedExpert):
         behind = cube[:2] - u * (CUBE_HALF + 0.035)
         low = CUBE_HALF * 0.8
         if self.phase <= 1:  # fingers across the push direction, fixed once pushing
-            self._yaw = math.atan2(u[1], u[0])
-        yaw = getattr(self, "_yaw", math.atan2(u[1], u[0]))
+            self._yaw = _half_turn(math.atan2(u[1], u[0]))  # closed fingers: symmetric
+        yaw = getattr(self, "_yaw", _half_turn(math.atan2(u[1], u[0])))
         # Push along the cube-goal line; the sideways error of the hand from that line is
         # corrected gently (the cube follows the hand, so a hard correction only turns it).
         behind_now = cube[:2] - u * (CUBE_HALF + 0.008)
@@ -160,11 +170,7 @@ class LiftRodExpert(ScriptedExpert):
     def plan(self, state: dict[str, np.ndarray]) -> list[Waypoint]:
         com, axis = state["rod_com"], state["rod_axis"]
         rod_yaw = math.atan2(axis[1], axis[0])  # direction of the long axis
-        yaw = _wrap(rod_yaw)  # hand y (finger travel) across the rod: hand yaw = axis angle
-        if yaw > math.pi / 2:
-            yaw -= math.pi
-        elif yaw < -math.pi / 2:
-            yaw += math.pi
+        yaw = _half_turn(rod_yaw)  # hand y (finger travel) across the rod: hand yaw = axis angle
         if self.phase <= 1:
             self._grasp = com.copy()
         g = getattr(self, "_grasp", com)
