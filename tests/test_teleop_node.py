@@ -29,7 +29,7 @@ pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels (pip install -
 
 from geometry_msgs.msg import Twist
 from sensor_msgs.msg import JointState, Joy
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 from twinloop_ros.conversions import action_from_msg, stamp_to_ns
 from twinloop_ros.node_utils import SENSOR_QOS
@@ -122,6 +122,7 @@ def test_gamepad_moves_only_with_lb_and_publishes_episode_events(probe: GraphPro
 
     probe.node.create_service(Trigger, "/test_reset", on_reset)
     listener = Listener(probe)
+    deadman: list[Bool] = probe.collect(Bool, "/twinloop/deadman")
     joy = probe.publisher(Joy, "/joy", SENSOR_QOS)
     params = {
         "device": "gamepad",
@@ -144,12 +145,14 @@ def test_gamepad_moves_only_with_lb_and_publishes_episode_events(probe: GraphPro
         # sticks without LB: nothing moves, A does not close the gripper
         sticks = {"ly": 1.0, "rx": -0.55}
         _expect_all(_during(probe, listener, [(joy, _joy(**sticks))]), [0, 0, 0, 0, -1])
+        assert deadman and deadman[-1].data is False  # the safety node will hold teleop
         _pump(probe, [(joy, _joy(A, **sticks))], 0.2)
         _expect_all(_during(probe, listener, [(joy, _joy(**sticks))]), [0, 0, 0, 0, -1])
 
         # with LB: left stick up = +x at 0.02 m/step, right stick right = -yaw (0.5 * 0.1 rad)
         moving = _during(probe, listener, [(joy, _joy(LB, **sticks))])
         _expect_all(moving, [0.02, 0, 0, -0.05, -1])
+        assert deadman[-1].data is True  # LB held: the safety node passes teleop actions
         _pump(probe, [(joy, _joy(LB, A, **sticks))], 0.2)  # A with LB closes the gripper
         _expect_all(_during(probe, listener, [(joy, _joy(LB))]), [0, 0, 0, 0, 1])
         _expect_all(_during(probe, listener, [(joy, _joy(**sticks))]), [0, 0, 0, 0, 1])

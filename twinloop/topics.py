@@ -61,6 +61,10 @@ TOPICS: dict[str, Topic] = {
             "names [reward, success]; header stamp = the camera frame's stamp",
         ),
         Topic("/twinloop/episode", "std_msgs/String", False, "JSON episode events"),
+        Topic("/twinloop/estop", "std_msgs/Bool", False, "True latches the software e-stop"),
+        Topic("/twinloop/deadman", "std_msgs/Bool", False, "teleop deadman, fresh True to move"),
+        Topic("/twinloop/safety_status", "std_msgs/String", False, "JSON safety state and counts"),
+        Topic("/twinloop/recorder/status", "std_msgs/String", False, "JSON recorder state, drops"),
         Topic("/twinloop/sim/state", "std_msgs/String", False, "twin only: JSON privileged state"),
     )
 }

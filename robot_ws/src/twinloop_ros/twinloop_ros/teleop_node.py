@@ -41,7 +41,7 @@ from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.task import Future
 from sensor_msgs.msg import JointState, Joy
-from std_msgs.msg import String
+from std_msgs.msg import Bool, String
 from std_srvs.srv import Trigger
 
 from twinloop.teleop import (
@@ -60,7 +60,7 @@ from twinloop.teleop import (
 
 from .conversions import action_to_msg, episode_event_to_msg
 from .errors import RosAdapterError
-from .node_utils import SENSOR_QOS, main_exit, params_from_dataclass, qos_for
+from .node_utils import COMMAND_QOS, SENSOR_QOS, main_exit, params_from_dataclass, qos_for
 
 __all__ = ["DEVICES", "RawTerminal", "TeleopNode", "TeleopNodeConfig", "main"]
 
@@ -230,6 +230,8 @@ class TeleopNode(Node):
         self._event_pub = self.create_publisher(
             String, "/twinloop/episode", qos_for("/twinloop/episode")
         )
+        # The safety node passes teleop actions only while a fresh deadman True arrives.
+        self._deadman_pub = self.create_publisher(Bool, "/twinloop/deadman", COMMAND_QOS)
         self._reset_client = (
             self.create_client(Trigger, cfg.reset_service) if cfg.reset_service else None
         )
@@ -383,6 +385,7 @@ class TeleopNode(Node):
         action = self._mapper(sample)
         if self._mapper.ignored_toggles > ignored:
             self.get_logger().info("gripper toggle ignored: engage the deadman first")
+        self._deadman_pub.publish(Bool(data=bool(sample.deadman and not sample.stale)))
         if sample.deadman or self.cfg.idle_publish or self._was_moving:
             msg = action_to_msg(action, stamp=self.get_clock().now().to_msg())
             msg.header.frame_id = FRAME_ID
