@@ -168,51 +168,115 @@ def cmd_launch(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Sim graph + scripted teleop episodes, recorded into runs/<ts>/demos.zarr."""
+    import contextlib
+    import math
+    import re
+
     from tqdm import tqdm
 
     from .graph import GraphProcesses, load_graph
 
     run = _run_dir(args.runs)
     results_path = run / "episodes.jsonl"
+    store_path = (run / "demos.zarr").resolve()
     overrides = [
         f"twin.task={args.task}",
         f"scripted_teleop.task={args.task}",
         f"scripted_teleop.episodes={args.episodes}",
         f"scripted_teleop.results_path={results_path}",
         f"twin.realtime={str(args.realtime).lower()}",
-        *args.set,
     ]
+    if args.record and not args.realtime:
+        msg = (
+            "--record needs --realtime: in lockstep (--no-realtime) the twin stamps with "
+            "simulation time and the teleop with the wall clock, so steps cannot be aligned"
+        )
+        raise TwinloopError(msg)
     graph = load_graph(args.profile, overrides=overrides)
+    record = (args.realtime if args.record is None else args.record) and "recorder" in graph.names
+    if record:
+        extra = [f"recorder.store_path={store_path}"]
+        hz = graph.node("twin").parameters.get("control_hz") if "twin" in graph.names else None
+        if isinstance(hz, int | float) and not isinstance(hz, bool):  # one step per control step
+            extra.append(f"recorder.fps={float(hz)}")
+        if "scripted_teleop" in graph.names:
+            # It starts an episode as soon as the twin's reset service answers; a first check
+            # after 2 s (0.5 Hz) gives DDS time to match its episode events with the recorder.
+            extra.append("scripted_teleop.control_hz=0.5")
+        graph = graph.with_overrides(extra)
+    graph = graph.with_overrides(args.set)
     _out(f"[demo] run dir {run}")
     _out(
         f"[demo] stage 1/1: sim graph ({', '.join(n.name for n in graph.nodes)}), "
         f"scripted teleop, {args.episodes} x {args.task}"
+        + (f", recorded into {store_path.name}" if record else "")
     )
     seen: list[dict] = []
-    bar = tqdm(total=args.episodes, unit="episode", desc="episodes")
+    recorder_lines: list[str] = []  # appended by the output thread, read here
+    recorded = re.compile(r"committed episode (\d+) \((\w+), (\d+) steps, (\d+) dropped")
+    unrecorded = re.compile(r"episode discarded|could not be written")
+
+    def watch(node: str, line: str) -> None:
+        if node == "recorder":
+            recorder_lines.append(line)
+
+    deadline = time.monotonic() + args.timeout
     code = 1
     # Node output goes to runs/<ts>/logs/<node>.log; the console keeps the progress bar.
-    with GraphProcesses(graph, log_dir=run / "logs", output=lambda _node, _line: None) as procs:
-        deadline = time.monotonic() + args.timeout
+    logs = run / "logs"
+    teleop = [n for n in ("scripted_teleop",) if n in graph.names and record]
+    with contextlib.ExitStack() as stack:
+        groups = [
+            stack.enter_context(GraphProcesses(graph.without(*teleop), log_dir=logs, output=watch))
+        ]
+        if teleop:
+            # The teleop starts its first episode at once: start it when the recorder is up and
+            # receives the sensors, so that the episode's start event and first steps are heard.
+            ready = ("waiting for episode events", "receiving image_", "receiving joint_states")
+            while not all(any(r in line for line in recorder_lines) for r in ready):
+                if groups[0].poll() is not None or time.monotonic() > deadline:
+                    _out(f"[demo] FAILED: the recorder did not start; see {logs / 'recorder.log'}")
+                    return 1
+                time.sleep(0.1)
+            groups.append(
+                stack.enter_context(GraphProcesses(graph.only(*teleop), log_dir=logs, output=watch))
+            )
+        bar = tqdm(total=args.episodes, unit="episode", desc="episodes")
+        done_lines = 0  # recorder lines read so far
+        finished = 0  # episodes the recorder committed or discarded
+        grace_until = math.inf  # after the last episode: how long to wait for the recorder
         while time.monotonic() < deadline:
-            for rec in _read_new(results_path, len(seen)):
-                seen.append(rec)
+            for rec_ in _read_new(results_path, len(seen)):
+                seen.append(rec_)
                 bar.update(1)
                 tqdm.write(
-                    f"[demo] episode {rec['episode']}: {'success' if rec['success'] else 'failure'} "
-                    f"in {rec['steps']} steps"
+                    f"[demo] episode {rec_['episode']}: {'success' if rec_['success'] else 'failure'} "
+                    f"in {rec_['steps']} steps"
                 )
+            for line in recorder_lines[done_lines:]:
+                done_lines += 1
+                if m := recorded.search(line):
+                    finished += 1
+                    tqdm.write(f"[demo] recorded episode {m[1]}: {m[3]} steps, {m[4]} dropped")
+                elif unrecorded.search(line):
+                    finished += 1
+                    tqdm.write(f"[demo] recorder: {line.split(']: ')[-1]}")
             if len(seen) >= args.episodes:
-                code = 0
-                break
-            status = procs.poll()
-            if status is not None:
-                code = status or (0 if len(seen) >= args.episodes else 1)
-                break
+                grace_until = min(grace_until, time.monotonic() + 20.0)
+                if not record or finished >= len(seen) or time.monotonic() > grace_until:
+                    code = 0  # the summary below says what was recorded
+                    break
+            elif (
+                status := next((c for g in groups if (c := g.poll()) is not None), None)
+            ) is not None:
+                if len(_read_new(results_path, len(seen))) + len(seen) < args.episodes:
+                    code = status or 1  # a node failed, or the graph ended early
+                    break
             time.sleep(0.2)
         else:
             log.error("demo timed out after %.0f s", args.timeout)
-    bar.close()
+        bar.close()
     rate = sum(r["success"] for r in seen) / max(len(seen), 1)
     _out(
         f"[demo] push through the ROS 2 graph: success {rate:.0%} "
@@ -223,7 +287,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"[demo] FAILED: {len(seen)} of {args.episodes} episodes finished; logs in {run / 'logs'}"
         )
         return code or 1
-    return 0
+    if record:
+        from twinloop.datasets.store import EpisodeStore
+
+        if not store_path.exists():
+            _out(f"[demo] FAILED: nothing was recorded; see {logs / 'recorder.log'}")
+            return 1
+        with EpisodeStore.open(store_path, mode="r") as store:
+            metas = [store.episode_meta(i) for i in range(store.n_episodes)]
+            n, steps = store.n_episodes, store.n_steps
+        wins = sum(bool(m.get("success")) for m in metas)
+        dropped = sum(int(m.get("dropped_steps") or 0) for m in metas)
+        _out(
+            f"[demo] recorded {n} episodes ({steps} steps, success {wins / max(n, 1):.0%}, "
+            f"{dropped} dropped steps) into {store_path}"
+        )
+        if n < len(seen):
+            _out(
+                f"[demo] FAILED: {len(seen) - n} episodes were not recorded; see {logs / 'recorder.log'}"
+            )
+            return 1
+    return code
 
 
 def _read_new(path: Path, skip: int) -> list[dict]:
@@ -326,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
+    p.add_argument(
+        "--record",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="record the episodes into <run>/demos.zarr with the recorder node "
+        "(default: with --realtime)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

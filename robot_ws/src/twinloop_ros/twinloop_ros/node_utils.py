@@ -201,7 +201,9 @@ def dataclass_from_params(node: Node, cls: type[T], *, prefix: str = "") -> T:
     now (a lifecycle node re-reads them on configure). Values are coerced the same way."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cast(Any, cls)):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (
+            f.default if f.default is not dataclasses.MISSING else cast(Any, f.default_factory)()
+        )
         name = prefix + f.name
         values[f.name] = _coerce(name, node.get_parameter(name).value, default)
     return cls(**values)
