@@ -53,7 +53,7 @@ def node(name: str = "a", **kw: Any) -> dict[str, Any]:
 def test_sim_profile() -> None:
     graph = load_graph("sim")
     assert graph.profile == "sim"
-    assert graph.names == ("twin", "safety", "scripted_teleop")
+    assert graph.names == ("twin", "safety", "scripted_teleop", "recorder")
     assert graph.source == PKG / "config" / "graph_sim.yaml"
     twin = graph.node("twin")
     assert (twin.executable, twin.package) == ("twin_node", "twinloop_ros")
@@ -197,7 +197,7 @@ def test_override_exponent_floats_are_floats() -> None:
 def test_only_and_without() -> None:
     graph = load_graph("sim")
     assert graph.only("safety", "twin").names == ("twin", "safety")
-    assert graph.without("scripted_teleop").names == ("twin", "safety")
+    assert graph.without("scripted_teleop").names == ("twin", "safety", "recorder")
     with pytest.raises(TwinloopError, match="no node 'x'"):
         graph.only("x")
     with pytest.raises(TwinloopError, match="has no nodes"):
@@ -320,8 +320,8 @@ def test_launch_file_builds_nodes_from_the_profile(monkeypatch: pytest.MonkeyPat
     actions = description.args[0]
     opaque = actions[-1]
     nodes = opaque.kwargs["function"](context=None)
-    assert [n["name"] for n in made] == ["twin", "safety", "scripted_teleop"]
-    assert len(nodes) == 3
+    assert [n["name"] for n in made] == ["twin", "safety", "scripted_teleop", "recorder"]
+    assert len(nodes) == 4
     by_name = {n["name"]: n for n in made}
     assert by_name["twin"]["parameters"][0]["task"] == "lift_rod"
     assert by_name["scripted_teleop"]["parameters"][0]["episodes"] == 4

@@ -201,9 +201,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if isinstance(hz, int | float) and not isinstance(hz, bool):  # one step per control step
             extra.append(f"recorder.fps={float(hz)}")
         if "scripted_teleop" in graph.names:
-            # It starts an episode as soon as the twin's reset service answers; a first check
-            # after 2 s (0.5 Hz) gives DDS time to match its episode events with the recorder.
+            # It starts an episode as soon as it sees the twin's reset service; checking at 0.5 Hz
+            # gives DDS time to match the new twin's camera and joint states with the recorder.
             extra.append("scripted_teleop.control_hz=0.5")
+            extra.append("scripted_teleop.min_event_readers=1")  # the recorder hears "start"
         graph = graph.with_overrides(extra)
     graph = graph.with_overrides(args.set)
     _out(f"[demo] run dir {run}")
@@ -225,22 +226,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = 1
     # Node output goes to runs/<ts>/logs/<node>.log; the console keeps the progress bar.
     logs = run / "logs"
-    teleop = [n for n in ("scripted_teleop",) if n in graph.names and record]
+    # With a recorder, the twin starts last: the teleop waits for the twin's reset service before
+    # its first episode, and by then DDS has matched its episode events with the recorder (new
+    # participants can take seconds to be discovered; a start event sent before is lost).
+    later = [n for n in ("twin",) if n in graph.names and record]
     with contextlib.ExitStack() as stack:
         groups = [
-            stack.enter_context(GraphProcesses(graph.without(*teleop), log_dir=logs, output=watch))
+            stack.enter_context(GraphProcesses(graph.without(*later), log_dir=logs, output=watch))
         ]
-        if teleop:
-            # The teleop starts its first episode at once: start it when the recorder is up and
-            # receives the sensors, so that the episode's start event and first steps are heard.
-            ready = ("waiting for episode events", "receiving image_", "receiving joint_states")
+        if later:
+            ready = ["waiting for episode events"]
+            if "scripted_teleop" in graph.names:
+                ready.append("episode events: 1 publisher")
             while not all(any(r in line for line in recorder_lines) for r in ready):
                 if groups[0].poll() is not None or time.monotonic() > deadline:
-                    _out(f"[demo] FAILED: the recorder did not start; see {logs / 'recorder.log'}")
-                    return 1
+                    ended = {n: c for n, c in groups[0].returncodes().items() if c is not None}
+                    _out(f"[demo] FAILED: the graph did not come up (exited: {ended}); see {logs}")
+                    return groups[0].poll() or 1
                 time.sleep(0.1)
             groups.append(
-                stack.enter_context(GraphProcesses(graph.only(*teleop), log_dir=logs, output=watch))
+                stack.enter_context(GraphProcesses(graph.only(*later), log_dir=logs, output=watch))
             )
         bar = tqdm(total=args.episodes, unit="episode", desc="episodes")
         done_lines = 0  # recorder lines read so far

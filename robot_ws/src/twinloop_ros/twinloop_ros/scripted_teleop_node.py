@@ -47,6 +47,7 @@ class ScriptedTeleopConfig:
     exit_when_done: bool = True  # exit 0 after the last episode
     max_steps: int = 0  # step budget per episode; 0 = the task's own (from the twin's state)
     service_timeout_s: float = 60.0  # give up (exit 1) when the reset service stays silent
+    min_event_readers: int = 0  # wait for this many /twinloop/episode readers (a recorder)
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -57,6 +58,9 @@ class ScriptedTeleopConfig:
             raise RosAdapterError(msg)
         if not 0.0 < self.control_hz <= 100.0:
             msg = f"control_hz must be in (0, 100], got {self.control_hz}"
+            raise RosAdapterError(msg)
+        if self.min_event_readers < 0:
+            msg = f"min_event_readers must be >= 0, got {self.min_event_readers}"
             raise RosAdapterError(msg)
         if self.max_steps < 0 or self.service_timeout_s <= 0:
             msg = "max_steps must be >= 0 and service_timeout_s positive"
@@ -110,7 +114,14 @@ class ScriptedTeleopNode(Node):
     def _tick(self) -> None:
         waited_s = (self._now_ns() - self._phase_since_ns) / 1e9
         if self._phase == "wait_service":
-            if self._client.service_is_ready():
+            readers = self._event_pub.get_subscription_count()
+            if readers < self.cfg.min_event_readers and waited_s <= self.cfg.service_timeout_s:
+                # A start event sent before DDS matched the recorder would be lost.
+                self.get_logger().info(
+                    f"waiting for {self.cfg.min_event_readers} episode-event readers ({readers})",
+                    throttle_duration_sec=5.0,
+                )
+            elif self._client.service_is_ready():
                 self._request_reset()
             elif waited_s > self.cfg.service_timeout_s:
                 self.get_logger().error(f"no reset service {self.cfg.reset_service} appeared")
