@@ -33,8 +33,9 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup
+bench: setup  # about 8 minutes: twin + DDS, then 5 minutes of recording
 	$(PY) benchmarks/twin.py
+	$(PY) benchmarks/recording.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -196,7 +196,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     graph = load_graph(args.profile, overrides=overrides)
     record = (args.realtime if args.record is None else args.record) and "recorder" in graph.names
     if record:
-        extra = [f"recorder.store_path={store_path}"]
+        from twinloop.sim2real.tasks import make_task
+
+        # The store's task sentence is what a VLM reward is later asked about.
+        extra = [f"recorder.store_path={store_path}", f"recorder.task={make_task(args.task).text}"]
         hz = graph.node("twin").parameters.get("control_hz") if "twin" in graph.names else None
         if isinstance(hz, int | float) and not isinstance(hz, bool):  # one step per control step
             extra.append(f"recorder.fps={float(hz)}")
