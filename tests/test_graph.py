@@ -69,7 +69,7 @@ def test_sim_profile() -> None:
 
 def test_robot_profile_has_the_same_format() -> None:
     graph = load_graph("robot")
-    assert set(graph.names) == {"camera", "arm_bridge", "safety", "teleop"}
+    assert set(graph.names) == {"camera", "arm_bridge", "safety", "teleop", "recorder"}
     # the safety node is the same executable with the same limits in both profiles
     assert graph.node("safety").parameters == load_graph("sim").node("safety").parameters
 
