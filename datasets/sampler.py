@@ -3,8 +3,7 @@
 Like diffusion_policy's SequenceSampler: every window holds ``horizon`` consecutive steps of one
 episode; with ``pad_before`` / ``pad_after`` a window may start before the episode's first step
 or run past its last one, and the missing steps repeat the edge step. Windows never cross
-episodes. A thin torch ``Dataset`` wrapper comes with the learner (torch is not a dependency
-of the dataset tools).
+episodes. ``twinloop.datasets.torch_dataset`` wraps it as a torch Dataset / DataLoader.
 
     sampler = SequenceSampler(store, SamplerConfig(horizon=16, pad_before=1, pad_after=7))
     batch = sampler.sample(64, np.random.default_rng(0))   # {key: (64, 16, ...)}
