@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from twinloop.images import COLOR_ENCODINGS, DEPTH_ENCODINGS
 from twinloop.topics import ACTION_NAMES
 
 from .errors import DatasetError
@@ -33,19 +34,6 @@ __all__ = [
     "reward_values",
 ]
 
-# encoding -> (dtype, channels)
-COLOR_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-}
-DEPTH_ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "16UC1": (np.dtype(np.uint16), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-}
 _HOST_BIG_ENDIAN = sys.byteorder == "big"
 
 

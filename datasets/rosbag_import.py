@@ -16,17 +16,18 @@ further away than the tolerance is dropped and counted, never filled.
 Errors name the bag, the topic and the message index (0-based, per topic, in bag order). A
 bag that cannot be read is a :class:`DatasetError` for that bag only; :func:`import_rosbags`
 goes on with the others and reports which failed.
+
+The config and topic mapping live in :mod:`.rosbag_config`, pass 1 in :mod:`.rosbag_index`; their
+public names are importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -35,15 +36,24 @@ import numpy as np
 
 from .align import align_nearest, sample_grid
 from .errors import DatasetError
-from .rosbag_decode import (
-    action_values,
-    decode_color,
-    decode_depth,
-    header_stamp_ns,
-    intrinsics_from_info,
-    joint_state_values,
-    pose_values,
-    reward_values,
+from .rosbag_config import (
+    _IMAGE_KINDS,
+    DEFAULT_TOPICS,
+    REWARD_TOPIC,
+    RosbagImportConfig,
+    _camera,
+    find_bags,
+    parse_topic_overrides,
+)
+from .rosbag_decode import decode_color, decode_depth
+from .rosbag_index import (
+    BagIndex,
+    _connections,
+    _deserialize,
+    _messages,
+    _open_reader,
+    _typestore,
+    index_bag,
 )
 
 __all__ = [
@@ -60,368 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# source key -> topic. realsense-ros and ros2_control names, plus the twinloop topics.
-# Keys: image_<camera>, depth_<camera>, info_<camera> (camera_info, into the store attrs),
-# joint_states (-> joint_pos, joint_vel), ee_pose, action, episode (/twinloop/episode events,
-# -> the episode's success) and, when configured, reward (-> reward, success).
-DEFAULT_TOPICS: dict[str, str] = {
-    "image_color": "/camera/camera/color/image_raw",
-    "depth_color": "/camera/camera/aligned_depth_to_color/image_raw",
-    "info_color": "/camera/camera/color/camera_info",
-    "joint_states": "/joint_states",
-    "ee_pose": "/twinloop/ee_pose",
-    "action": "/twinloop/action",
-    "episode": "/twinloop/episode",
-}
-# Not on by default (a reward stream slower than fps would drop steps): --topic reward=...
-REWARD_TOPIC = "/twinloop/reward"
-
-_KEY_RE = re.compile(r"^(image|depth|info)_([a-z0-9][a-z0-9_]*)$")
-_FIXED_KEYS = ("joint_states", "ee_pose", "action", "reward", "episode")
-_MSGTYPES = {
-    "image": "sensor_msgs/msg/Image",
-    "depth": "sensor_msgs/msg/Image",
-    "info": "sensor_msgs/msg/CameraInfo",
-    "joint_states": "sensor_msgs/msg/JointState",
-    "ee_pose": "geometry_msgs/msg/PoseStamped",
-    "action": "sensor_msgs/msg/JointState",
-    "reward": "sensor_msgs/msg/JointState",
-    "episode": "std_msgs/msg/String",
-}
-_IMAGE_KINDS = ("image", "depth")
-_STEP_KINDS = ("image", "depth", "joint_states", "ee_pose", "action", "reward")
-
-
-def _kind(key: str) -> str:
-    m = _KEY_RE.match(key)
-    if m:
-        return m.group(1)
-    if key in _FIXED_KEYS:
-        return key
-    msg = (
-        f"unknown source key {key!r}. Available: image_<camera>, depth_<camera>, "
-        f"info_<camera>, {', '.join(_FIXED_KEYS)}"
-    )
-    raise DatasetError(msg)
-
-
-def _camera(key: str) -> str:
-    return key.split("_", 1)[1]
-
-
-@dataclass(frozen=True)
-class RosbagImportConfig:
-    """How bags become steps. Times in seconds."""
-
-    fps: float = 10.0  # step rate of the store
-    topics: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_TOPICS))
-    tolerance: float | None = None  # max |stamp - step time| per input; None: half a step
-    tolerances: Mapping[str, float] = field(default_factory=dict)  # per source key override
-    stamps: Literal["header", "bag"] = "header"  # header.stamp (falls back to bag time if 0)
-    joint_names: tuple[str, ...] | None = None  # joint order; None: the first message's
-    drop_bad_messages: bool = False  # drop steps that use an undecodable message (else error)
-    task: str = ""  # task text of the imported episodes (default: the store's)
-    operator: str = ""  # who recorded them
-
-    def __post_init__(self) -> None:
-        if not 0 < self.fps <= 1000:
-            msg = f"fps must be in (0, 1000], got {self.fps}"
-            raise DatasetError(msg)
-        if self.tolerance is not None and not self.tolerance >= 0:
-            msg = f"tolerance must be >= 0 s, got {self.tolerance}"
-            raise DatasetError(msg)
-        if self.stamps not in ("header", "bag"):
-            msg = f"stamps must be 'header' or 'bag', got {self.stamps!r}"
-            raise DatasetError(msg)
-        for key, topic in self.topics.items():
-            _kind(key)
-            if topic and not topic.startswith("/"):
-                msg = f"topic of {key!r} must be absolute (start with '/'), got {topic!r}"
-                raise DatasetError(msg)
-        for key, tol in self.tolerances.items():
-            if key not in self.topics:
-                msg = f"tolerance given for {key!r}, which is not a source: {sorted(self.topics)}"
-                raise DatasetError(msg)
-            if not tol >= 0:
-                msg = f"tolerance of {key!r} must be >= 0 s, got {tol}"
-                raise DatasetError(msg)
-        if not any(_kind(k) in _STEP_KINDS and t for k, t in self.topics.items()):
-            msg = "no step source configured (need at least one image, depth or state topic)"
-            raise DatasetError(msg)
-
-    def tolerance_of(self, key: str) -> float:
-        if key in self.tolerances:
-            return float(self.tolerances[key])
-        return float(self.tolerance) if self.tolerance is not None else 0.5 / self.fps
-
-    def active_topics(self) -> dict[str, str]:
-        return {k: t for k, t in self.topics.items() if t}
-
-
-def parse_topic_overrides(items: Iterable[str]) -> dict[str, str]:
-    """``["image_wrist=/wrist/image_raw", "depth_color="]`` -> DEFAULT_TOPICS updated.
-
-    An empty topic switches that source off.
-    """
-    topics = dict(DEFAULT_TOPICS)
-    for item in items:
-        key, sep, topic = item.partition("=")
-        if not sep:
-            msg = f"--topic expects KEY=/topic/name, got {item!r}"
-            raise DatasetError(msg)
-        _kind(key.strip())
-        topics[key.strip()] = topic.strip()
-    return topics
-
-
-# ----- finding bags ---------------------------------------------------------------------------
-_STORAGE_SUFFIXES = (".mcap", ".db3")
-
-
-def find_bags(paths: Sequence[str | Path]) -> list[Path]:
-    """Expand BAG_OR_DIR arguments into bags.
-
-    A bag is a rosbag2 directory (it holds ``metadata.yaml``) or a single ``.mcap`` / ``.db3``
-    file. Any other directory is searched (recursively, sorted) for bags.
-    """
-    out: list[Path] = []
-
-    def walk(d: Path) -> None:
-        if (d / "metadata.yaml").exists():
-            out.append(d)
-            return
-        for child in sorted(d.iterdir()):
-            if child.is_dir():
-                walk(child)
-            elif child.suffix in _STORAGE_SUFFIXES:
-                out.append(child)
-
-    for p in map(Path, paths):
-        if not p.exists():
-            msg = f"{p} does not exist"
-            raise DatasetError(msg)
-        if p.is_dir():
-            found = len(out)
-            walk(p)
-            if len(out) == found:
-                log.warning("no rosbag2 found in %s", p)
-        elif p.suffix in _STORAGE_SUFFIXES:
-            out.append(p)
-        else:
-            msg = f"{p} is neither a rosbag2 directory nor a .mcap / .db3 file"
-            raise DatasetError(msg)
-    seen: set[Path] = set()
-    unique: list[Path] = []
-    for bag in out:
-        if bag.resolve() not in seen:
-            seen.add(bag.resolve())
-            unique.append(bag)
-    if len(unique) < len(out):
-        log.warning("%d bag(s) named more than once; importing each once", len(out) - len(unique))
-    return unique
-
-
-# ----- pass 1: index --------------------------------------------------------------------------
-@dataclass
-class _Source:
-    key: str
-    kind: str
-    topic: str
-    stamps: list[int] = field(default_factory=list)
-    values: list[Any] = field(default_factory=list)  # decoded low-dim values (None = bad)
-    bad: list[bool] = field(default_factory=list)
-
-
-@dataclass
-class BagIndex:
-    """What pass 1 learned about a bag (stamps in ns, low-dim values decoded)."""
-
-    path: Path
-    storage: str
-    sources: dict[str, _Source]  # step sources present in the bag
-    missing: list[str]  # configured step sources whose topic is not in the bag
-    intrinsics: dict[str, dict[str, Any]]  # camera -> intrinsics
-    joint_names: tuple[str, ...] | None
-    has_joint_vel: bool  # every joint state carried velocities
-    events: list[dict[str, Any]]
-    message_counts: dict[str, int]
-    errors: list[str]  # bad messages (only with drop_bad_messages)
-
-
-def _typestore() -> Any:
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_JAZZY)
-
-
-def _storage_of(path: Path) -> str:
-    if path.is_file():
-        return "mcap" if path.suffix == ".mcap" else "sqlite3"
-    files = {p.suffix for p in path.iterdir()}
-    return "mcap" if ".mcap" in files else "sqlite3" if ".db3" in files else "unknown"
-
-
-def _read_error(path: Path, err: BaseException) -> DatasetError:
-    hint = ""
-    if "magic" in str(err).lower():
-        hint = " (an MCAP file cut short, e.g. by a crashed recorder: `mcap recover` repairs it)"
-    return DatasetError(f"cannot read bag {path}: {type(err).__name__}: {err}{hint}")
-
-
-def _open_reader(path: Path) -> Any:
-    from rosbags.rosbag2 import Reader
-
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as err:  # rosbags raises many types on damaged files
-        raise _read_error(path, err) from err
-    return reader
-
-
-def _connections(reader: Any, topics: Mapping[str, str], path: Path) -> dict[int, str]:
-    """connection id -> source key, with the message types checked."""
-    by_topic = {t: k for k, t in topics.items()}
-    conns: dict[int, str] = {}
-    for conn in reader.connections:
-        key = by_topic.get(conn.topic)
-        if key is None:
-            continue
-        want = _MSGTYPES[_kind(key)]
-        if conn.msgtype != want:
-            msg = f"bag {path}: topic {conn.topic} ({key}) has type {conn.msgtype}, expected {want}"
-            raise DatasetError(msg)
-        conns[conn.id] = key
-    return conns
-
-
-def index_bag(path: str | Path, config: RosbagImportConfig) -> BagIndex:
-    """Pass 1 over a bag: stamps, low-dim values, intrinsics and events (no image decoding)."""
-    path = Path(path)
-    topics = config.active_topics()
-    store = _typestore()
-    reader = _open_reader(path)
-    sources: dict[str, _Source] = {}
-    intrinsics: dict[str, dict[str, Any]] = {}
-    events: list[dict[str, Any]] = []
-    counts: dict[str, int] = {}
-    errors: list[str] = []
-    unstamped: set[str] = set()
-    state = {"joint_names": config.joint_names}
-    try:
-        conns = _connections(reader, topics, path)
-        for conn, bag_ns, raw in _messages(reader, conns, path):
-            key = conns[conn.id]
-            kind = _kind(key)
-            i = counts.get(key, 0)
-            counts[key] = i + 1
-            where = f"bag {path}: {topics[key]} message {i}"
-            try:
-                if kind == "info":
-                    if _camera(key) not in intrinsics:
-                        msg = _deserialize(store, raw, conn.msgtype)
-                        intrinsics[_camera(key)] = intrinsics_from_info(msg)
-                elif kind == "episode":
-                    events.append(_event(_deserialize(store, raw, conn.msgtype)))
-            except DatasetError as err:
-                if not config.drop_bad_messages:
-                    raise DatasetError(f"{where}: {err}") from err
-                errors.append(f"{where}: {err}")
-            if kind in ("info", "episode"):
-                continue
-            # Step sources keep one entry per message, so entry i is message i of the topic.
-            src = sources.setdefault(key, _Source(key, kind, topics[key]))
-            stamp, value, bad = bag_ns, None, False
-            try:
-                if config.stamps == "header":
-                    stamp = header_stamp_ns(raw)
-                if kind not in _IMAGE_KINDS:
-                    value = _lowdim(kind, _deserialize(store, raw, conn.msgtype), state)
-            except DatasetError as err:
-                if not config.drop_bad_messages:
-                    raise DatasetError(f"{where}: {err}") from err
-                errors.append(f"{where}: {err}")
-                bad = True
-            if stamp <= 0:  # an unstamped message: fall back on the receive time
-                unstamped.add(key)
-                stamp = bag_ns
-            src.stamps.append(stamp)
-            src.values.append(value)
-            src.bad.append(bad)
-    finally:
-        reader.close()
-    for key in sorted(unstamped):
-        log.warning("bag %s: %s has unstamped messages; used their receive time", path, topics[key])
-    missing = [k for k in topics if _kind(k) in _STEP_KINDS and k not in sources]
-    js = sources.get("joint_states")
-    return BagIndex(
-        path=path,
-        storage=_storage_of(path),
-        sources=sources,
-        missing=missing,
-        intrinsics=intrinsics,
-        joint_names=state["joint_names"] if js is not None else None,
-        has_joint_vel=js is not None and all(v is None or v[1] is not None for v in js.values),
-        events=events,
-        message_counts=counts,
-        errors=errors,
-    )
-
-
-def _deserialize(store: Any, raw: bytes, msgtype: str) -> Any:
-    try:
-        return store.deserialize_cdr(raw, msgtype)
-    except Exception as err:  # rosbags raises several types for a damaged message
-        # rclpy.serialization (rmw_fastrtps, the Jazzy default) leaves 4-12 trailing bytes after
-        # some messages (e.g. JointState), more than the 3 padding bytes rosbags accepts.
-        if "size mismatch" in str(err):
-            for cut in (4, 8, 12):
-                try:
-                    return store.deserialize_cdr(raw[: len(raw) - cut], msgtype)
-                except Exception:  # cut more, or report the first error
-                    continue
-        msg = f"cannot deserialize {msgtype}: {type(err).__name__}: {err}"
-        raise DatasetError(msg) from err
-
-
-def _event(msg: Any) -> dict[str, Any]:
-    try:
-        payload = json.loads(msg.data)
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"episode event is not JSON: {err}") from err
-    if not isinstance(payload, dict):
-        raise DatasetError(f"episode event must be a JSON object, got {msg.data!r}")
-    return payload
-
-
-def _messages(reader: Any, conns: Mapping[int, str], path: Path) -> Iterable[Any]:
-    selected = [c for c in reader.connections if c.id in conns]
-    if not selected:
-        return
-    gen = reader.messages(connections=selected)
-    while True:
-        try:
-            item = next(gen)
-        except StopIteration:
-            return
-        except Exception as err:  # a truncated or corrupt storage file
-            raise _read_error(path, err) from err
-        yield item
-
-
-def _lowdim(kind: str, msg: Any, state: dict[str, Any]) -> Any:
-    if kind == "joint_states":
-        if state["joint_names"] is None:  # the first joint state fixes the order
-            state["joint_names"] = tuple(str(n) for n in msg.name)
-        return joint_state_values(msg, state["joint_names"])
-    if kind == "ee_pose":
-        return pose_values(msg)
-    if kind == "action":
-        return action_values(msg)
-    if kind == "reward":
-        return reward_values(msg)
-    raise DatasetError(f"no low-dim decoder for {kind}")
 
 
 # ----- alignment ------------------------------------------------------------------------------

@@ -18,10 +18,6 @@ committed episode without metadata (rebuilt from its arrays). Committed episodes
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
-import datetime as _dt
-import errno
 import fcntl
 import json
 import logging
@@ -30,7 +26,6 @@ import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -38,6 +33,34 @@ from typing import Any, Literal
 import numpy as np
 
 from .errors import DatasetError
+from .layout import (  # the names marked F401 are re-exported: they lived here before the split
+    _ARRAY_CONFIG,
+    _COPY_BLOCK_BYTES,
+    _FIXED_KEYS,  # noqa: F401
+    _GROW_CHUNKS,  # noqa: F401
+    _INTRINSICS_FIELDS,  # noqa: F401
+    _RESERVED_ATTRS,
+    CHUNK_BYTES,
+    IMAGE_CODECS,
+    LOWDIM_CHUNK,
+    SCHEMA_VERSION,
+    KeySpec,
+    _check_intrinsics,
+    _check_key_name,
+    _compressor,
+    _ends_problem,
+    _exchange_paths,
+    _is_image_like,  # noqa: F401
+    _is_store_dir,
+    _iso_from_stamp,
+    _json_default,  # noqa: F401
+    _jsonable,
+    _now_iso,
+    _remove_partials,
+    chunk_rows,
+    key_spec,
+)
+from .writer import EpisodeWriter
 
 __all__ = [
     "CHUNK_BYTES",
@@ -52,187 +75,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1  # bump on any layout change; older code refuses newer stores
-CHUNK_BYTES = 2 * 1024 * 1024  # target chunk size along time (images: 2 frames of 640x480x3)
-LOWDIM_CHUNK = 10_000  # at most this many rows per chunk (low-dimensional arrays)
-# Write every chunk: skipping all-fill chunks costs a full compare per chunk (5 ms per 2 frames).
-_GROW_CHUNKS = 16  # a streaming writer grows arrays this many chunks ahead
-_ARRAY_CONFIG: dict[str, Any] = {"write_empty_chunks": True}
-_COPY_BLOCK_BYTES = 64 * 1024 * 1024  # block size when copying episodes (merge, drop)
-_INTRINSICS_FIELDS = ("width", "height", "fx", "fy", "ppx", "ppy", "model", "coeffs")
-
-
-# ----- keys ------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class KeySpec:
-    """What a data key must hold: dtype and the shape of one step (None: any size)."""
-
-    dtype: np.dtype
-    step_shape: tuple[int | None, ...] | None  # None: any shape (extra keys)
-    doc: str = ""
-
-    def __post_init__(self) -> None:
-        if self.step_shape is not None and any(d is not None and d < 1 for d in self.step_shape):
-            msg = f"step_shape dimensions must be >= 1 or None, got {self.step_shape}"
-            raise DatasetError(msg)
-
-
-_FIXED_KEYS: dict[str, KeySpec] = {
-    "joint_pos": KeySpec(np.dtype(np.float32), (None,), "joint positions, rad or m"),
-    "joint_vel": KeySpec(np.dtype(np.float32), (None,), "joint velocities"),
-    "ee_pose": KeySpec(np.dtype(np.float32), (7,), "end-effector xyz (m) + quaternion wxyz"),
-    "action": KeySpec(np.dtype(np.float32), (5,), "[dx, dy, dz, dyaw, gripper]"),
-    "reward": KeySpec(np.dtype(np.float32), (), "reward of the step"),
-    "success": KeySpec(np.dtype(np.bool_), (), "task success at the step"),
-    "timestamp": KeySpec(np.dtype(np.float64), (), "sample time of the step, s"),
-}
-
-
-def key_spec(key: str) -> KeySpec | None:
-    """The spec of a standard key (``image_<camera>``, ``depth_<camera>``, ...); None for extras."""
-    if key in _FIXED_KEYS:
-        return _FIXED_KEYS[key]
-    if key.startswith("image_") and len(key) > len("image_"):
-        return KeySpec(np.dtype(np.uint8), (None, None, 3), "RGB frame, uint8 HxWx3")
-    if key.startswith("depth_") and len(key) > len("depth_"):
-        return KeySpec(np.dtype(np.uint16), (None, None), "depth frame, uint16 mm")
-    return None
-
-
-def chunk_rows(step_shape: Sequence[int], dtype: np.dtype) -> int:
-    """Rows per chunk along time: about CHUNK_BYTES, at least 1, at most LOWDIM_CHUNK."""
-    row_bytes = max(1, math.prod(step_shape) * np.dtype(dtype).itemsize)
-    return int(min(LOWDIM_CHUNK, max(1, CHUNK_BYTES // row_bytes)))
-
-
-def _check_key_name(key: object) -> str:
-    if not isinstance(key, str) or not key or "/" in key or key.startswith((".", "_")):
-        msg = f"bad data key {key!r}: keys are non-empty strings without '/' or a leading '.'/'_'"
-        raise DatasetError(msg)
-    return key
-
-
-def _is_image_like(step_shape: Sequence[int]) -> bool:
-    return len(step_shape) >= 2
-
-
-# Image codecs (frames: 2+ trailing dims). "lz4": fastest, best on clean (twin) frames;
-# "lz4-bitshuffle": better on noisy real-camera frames; "zstd": smallest, ~4x slower to write.
-IMAGE_CODECS: dict[str, tuple[str, int, str]] = {
-    "lz4": ("lz4", 5, "shuffle"),
-    "lz4-bitshuffle": ("lz4", 5, "bitshuffle"),
-    "zstd": ("zstd", 3, "bitshuffle"),
-}
-
-
-def _compressor(step_shape: Sequence[int], dtype: np.dtype, image_codec: str = "lz4") -> Any:
-    from zarr.codecs import BloscCodec, BloscShuffle
-
-    if _is_image_like(step_shape):
-        cname, clevel, shuffle = IMAGE_CODECS[image_codec]
-        return BloscCodec(
-            cname=cname,  # type: ignore[arg-type]  # one of zarr's BloscCname literals
-            clevel=clevel,
-            shuffle=BloscShuffle(shuffle),
-            typesize=dtype.itemsize,
-        )
-    return BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle, typesize=dtype.itemsize)
-
-
-_RESERVED_ATTRS = frozenset(
-    {"schema_version", "fps", "task", "robot_profile", "camera_intrinsics", "created"}
-    | {"nan_keys", "image_codec", "episodes"}
-)
-
-
-# ----- helpers ---------------------------------------------------------------------------------
-def _now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    msg = f"{type(value).__name__} is not JSON-serialisable"
-    raise TypeError(msg)
-
-
-def _jsonable(value: Any, what: str) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=_json_default, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        msg = f"{what} must be JSON-serialisable (no NaN): {err}"
-        raise DatasetError(msg) from None
-
-
-def _check_intrinsics(intr: Mapping[str, Any] | None) -> dict[str, Any]:
-    if intr is None:
-        return {}
-    if not isinstance(intr, Mapping):
-        msg = f"camera_intrinsics must map camera name -> intrinsics, got {type(intr).__name__}"
-        raise DatasetError(msg)
-    out: dict[str, Any] = {}
-    for cam, k in intr.items():
-        if not isinstance(k, Mapping):
-            msg = (
-                f"camera_intrinsics[{cam!r}] must be a mapping with {', '.join(_INTRINSICS_FIELDS)}"
-            )
-            raise DatasetError(msg)
-        missing = [f for f in _INTRINSICS_FIELDS if f not in k]
-        if missing:
-            msg = f"camera_intrinsics[{cam!r}] lacks {', '.join(missing)}"
-            raise DatasetError(msg)
-        for f in ("width", "height"):
-            if int(k[f]) < 1:
-                msg = f"camera_intrinsics[{cam!r}].{f} must be >= 1, got {k[f]}"
-                raise DatasetError(msg)
-        out[str(cam)] = _jsonable(dict(k), f"camera_intrinsics[{cam!r}]")
-    return out
-
-
-def _exchange_paths(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False if not supported."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_int,
-        ctypes.c_char_p,
-        ctypes.c_uint,
-    ]
-    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
-    if rc == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), str(a))
-
-
-def _remove_partials(root: Path) -> int:
-    """Delete temporary files a killed zarr write left behind (``*.partial``)."""
-    n = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            if name.endswith(".partial"):
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, name))
-                    n += 1
-    return n
-
-
-def _is_store_dir(path: Path) -> bool:
-    return (path / "zarr.json").is_file()
 
 
 # ----- the store -------------------------------------------------------------------------------
@@ -873,27 +715,7 @@ class EpisodeStore:
             raise DatasetError(msg) from err
         self._attrs.update(new)
 
-    # ----- rewriting -------------------------------------------------------------------------
-    def _copy_episodes_to(
-        self, dest: EpisodeStore, indices: Sequence[int], *, progress: bool = False
-    ) -> None:
-        from tqdm import tqdm
-
-        for i in tqdm(
-            indices, desc=f"copy {self._path.name}", unit="episode", disable=not progress
-        ):
-            meta = self.episode_meta(i)
-            meta.pop("n_steps", None)
-            writer = dest.begin_episode()
-            try:
-                for block in self.iter_episode_blocks(i):
-                    writer.extend(block)
-                writer.commit(meta=meta, started=meta.get("started"))
-            except BaseException:
-                if dest._writer is writer:
-                    writer.discard()
-                raise
-
+    # ----- rewriting (datasets/edit.py) -------------------------------------------------------
     def drop_episodes(
         self,
         indices: Iterable[int],
@@ -908,62 +730,9 @@ class EpisodeStore:
         object then points at it). Bad index lists (empty, out of range, duplicates, dropping
         everything) are a DatasetError and nothing is touched. Returns the resulting store.
         """
-        idx = list(indices)
-        if not idx:
-            msg = "drop_episodes needs at least one episode index (got none); nothing dropped"
-            raise DatasetError(msg)
-        norm = [self._index(i) for i in idx]
-        if len(set(norm)) != len(norm):
-            msg = f"duplicate episode indices in {idx}; nothing dropped"
-            raise DatasetError(msg)
-        keep = [i for i in range(self.n_episodes) if i not in set(norm)]
-        if not keep:
-            msg = f"that would drop all {self.n_episodes} episodes; delete the store instead"
-            raise DatasetError(msg)
-        if out is None:
-            self._writable()
-        if self._writer is not None:
-            msg = "an episode writer is open; commit or discard it first"
-            raise DatasetError(msg)
-        target = Path(out) if out is not None else None
-        if target is not None and target.exists():
-            msg = f"{target} exists; drop_episodes never overwrites"
-            raise DatasetError(msg)
-        tmp = (
-            target
-            if target is not None
-            else self._path.with_name(f".{self._path.name}.drop-{uuid.uuid4().hex[:8]}")
-        )
-        try:
-            new = self._empty_like(tmp)
-            try:
-                self._copy_episodes_to(new, keep, progress=progress)
-            finally:
-                new.close()
-        except BaseException:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if target is not None:
-            log.info(
-                "%s: wrote %d of %d episodes to %s", self._path, len(keep), self.n_episodes, target
-            )
-            return EpisodeStore.open(target, mode="a")
-        self._swap_in(tmp)
-        log.info("%s: dropped episodes %s (%d left)", self._path, sorted(norm), len(keep))
-        return self
+        from .edit import drop_episodes
 
-    def _empty_like(self, path: Path) -> EpisodeStore:
-        return EpisodeStore.create(
-            path,
-            fps=self.fps,
-            task=self._attrs.get("task", ""),
-            robot_profile=self._attrs.get("robot_profile", ""),
-            camera_intrinsics=self._attrs.get("camera_intrinsics") or None,
-            nan_keys=self._attrs.get("nan_keys", ()),
-            image_codec=self.image_codec,
-            extra_attrs={k: v for k, v in self._attrs.items() if k not in _RESERVED_ATTRS},
-        )
+        return drop_episodes(self, indices, out=out, progress=progress)
 
     def _swap_in(self, new_path: Path) -> None:
         """Replace this store's directory by ``new_path`` atomically, then reopen."""
@@ -1000,288 +769,13 @@ class EpisodeStore:
         task is the common one or "" when they differ. ``image_codec`` recompresses the frames
         (default: the first source's codec).
         """
-        if not sources:
-            msg = "merge needs at least one source store"
-            raise DatasetError(msg)
-        dest = Path(dest)
-        opened: list[tuple[EpisodeStore, bool]] = []
-        try:
-            for src in sources:
-                if isinstance(src, EpisodeStore):
-                    opened.append((src, False))
-                else:
-                    if Path(src).resolve() == dest.resolve():
-                        msg = f"merge destination {dest} is also a source"
-                        raise DatasetError(msg)
-                    opened.append((cls.open(src, mode="r"), True))
-            stores = [s for s, _ in opened]
-            first = stores[0]
-            fps = {s.fps for s in stores}
-            if len(fps) > 1:
-                msg = f"cannot merge stores with different fps: {sorted(fps)}"
-                raise DatasetError(msg)
-            profiles = {s._attrs.get("robot_profile", "") for s in stores} - {""}
-            if len(profiles) > 1:
-                msg = f"cannot merge stores of different robot profiles: {sorted(profiles)}"
-                raise DatasetError(msg)
-            intr: dict[str, Any] = {}
-            for s in stores:
-                for cam, k in (s._attrs.get("camera_intrinsics") or {}).items():
-                    if cam in intr and intr[cam] != k:
-                        msg = f"cannot merge: camera {cam!r} has different intrinsics in {s.path}"
-                        raise DatasetError(msg)
-                    intr[cam] = k
-            tasks = {s._attrs.get("task", "") for s in stores}
-            nan_keys = sorted({k for s in stores for k in s._attrs.get("nan_keys", ())})
-            out = cls.create(
-                dest,
-                fps=first.fps,
-                task=tasks.pop() if len(tasks) == 1 else "",
-                robot_profile=profiles.pop() if profiles else "",
-                camera_intrinsics=intr or None,
-                nan_keys=nan_keys,
-                image_codec=image_codec or first.image_codec,
-                overwrite=overwrite,
-                extra_attrs={"merged_from": [str(s.path) for s in stores]},
-            )
-            try:
-                for s in stores:
-                    s._copy_episodes_to(out, list(range(s.n_episodes)), progress=progress)
-            except BaseException:
-                out.close()
-                shutil.rmtree(dest, ignore_errors=True)
-                raise
-            log.info("merged %d stores into %s (%d episodes)", len(stores), dest, out.n_episodes)
-            return out
-        finally:
-            for s, owned in opened:
-                if owned:
-                    s.close()
+        from .edit import merge
 
-
-def _ends_problem(ends: np.ndarray) -> str | None:
-    if len(ends) == 0:
-        return None
-    if ends[0] < 1:
-        return f"episode 0 ends at {ends[0]} (episodes need at least one step)"
-    steps = np.diff(ends)
-    bad = np.flatnonzero(steps < 1)
-    if len(bad):
-        i = int(bad[0]) + 1
-        return f"end index {ends[i]} of episode {i} is not after {ends[i - 1]}"
-    return None
-
-
-def _iso_from_stamp(t: float) -> str | None:
-    # Timestamps below ~1e8 s are clock-relative (sim time), not calendar dates.
-    if not math.isfinite(t) or t < 1e8:
-        return None
-    return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-class EpisodeWriter:
-    """Streams one episode into the store: ``append`` steps, then ``commit`` or ``discard``.
-
-    Steps are buffered per key and written in whole chunks, so memory stays at about one chunk
-    per key (2 MB per camera) however long the episode. Rows written before the commit are
-    invisible to readers and rolled back after a crash.
-    """
-
-    def __init__(self, store: EpisodeStore) -> None:
-        self._store = store
-        self._start = store.n_steps
-        self._rows = 0  # rows appended (buffered or written)
-        self._written: dict[str, int] = {}  # rows of each key already in the zarr array
-        self._buffers: dict[str, list[np.ndarray]] = {}
-        self._specs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
-        self._chunks: dict[str, int] = {}
-        self._started = _now_iso()
-        self._open = True
-
-    def __enter__(self) -> EpisodeWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._open:
-            if exc_type is None:
-                log.warning("episode writer left without commit(); discarding the episode")
-            self.discard()
-
-    @property
-    def n_steps(self) -> int:
-        """Steps appended so far."""
-        return self._rows
-
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
-    def _check_open(self) -> None:
-        if not self._open:
-            msg = "this episode writer is closed (committed or discarded)"
-            raise DatasetError(msg)
-
-    def append(self, step: Mapping[str, Any]) -> None:
-        """Add one step: key -> array of one step's shape (no time dimension)."""
-        self._check_open()
-        if not isinstance(step, Mapping) or not step:
-            msg = "a step is a non-empty mapping of key -> array"
-            raise DatasetError(msg)
-        store = self._store
-        if self._specs:
-            if step.keys() != self._specs.keys():
-                self._keys_mismatch(step.keys())
-        else:
-            for key in step:
-                _check_key_name(key)
-            store._check_keyset(step)
-        known = self._specs or store._known_specs()
-        rows = {k: store._normalize(k, v, leading=False, known=known) for k, v in step.items()}
-        self._add_rows({k: v[None] for k, v in rows.items()}, 1)
-
-    def extend(self, steps: Mapping[str, Any], *, _validated: bool = False) -> None:
-        """Add a block of steps: key -> array with the time dimension first."""
-        self._check_open()
-        store = self._store
-        if _validated:
-            arrays = dict(steps)
-        else:
-            if not isinstance(steps, Mapping) or not steps:
-                msg = "steps is a non-empty mapping of key -> array (time first)"
-                raise DatasetError(msg)
-            if self._specs and steps.keys() != self._specs.keys():
-                self._keys_mismatch(steps.keys())
-            for key in steps:
-                _check_key_name(key)
-            store._check_keyset(steps)
-            known = self._specs or store._known_specs()
-            arrays = {
-                k: store._normalize(k, v, leading=True, known=known) for k, v in steps.items()
-            }
-            lengths = {k: v.shape[0] for k, v in arrays.items()}
-            if len(set(lengths.values())) != 1:
-                msg = f"all keys of a block need the same length, got {lengths}"
-                raise DatasetError(msg)
-        n = next(iter(arrays.values())).shape[0]
-        if n:
-            self._add_rows(arrays, n)
-
-    def _keys_mismatch(self, keys: Iterable[str]) -> None:
-        keys, have = set(keys), set(self._specs)
-        msg = f"step keys differ from the episode's: missing {sorted(have - keys)}, unknown {sorted(keys - have)}"
-        raise DatasetError(msg)
-
-    def _add_rows(self, arrays: Mapping[str, np.ndarray], n: int) -> None:
-        if not self._specs:
-            self._specs = {k: (v.dtype, tuple(v.shape[1:])) for k, v in arrays.items()}
-            self._chunks = {k: chunk_rows(s, d) for k, (d, s) in self._specs.items()}
-            self._buffers = {k: [] for k in arrays}
-            self._written = dict.fromkeys(arrays, 0)
-        for k, v in arrays.items():
-            self._buffers[k].append(v)
-        self._rows += n
-        try:
-            self._flush(final=False)
-        except OSError as err:
-            self._fail(err)
-
-    def _flush(self, *, final: bool) -> None:
-        store = self._store
-        if store.n_episodes == 0 and not any(self._written.values()):
-            store._ensure_arrays(self._specs)
-        end = self._start + self._rows
-        for key, buf in self._buffers.items():
-            if not buf:
-                continue
-            at = self._start + self._written[key]
-            chunk = self._chunks[key]
-            # Write up to the last chunk boundary (or everything when final).
-            stop = end if final else (end // chunk) * chunk
-            if stop <= at:
-                continue
-            block = buf[0] if len(buf) == 1 else np.concatenate(buf, axis=0)
-            n = stop - at
-            arr = store._arrays[key]
-            if arr.shape[0] < stop:
-                # Grow ahead (one metadata write per _GROW_CHUNKS chunks); commit trims.
-                cap = stop if final else stop + chunk * _GROW_CHUNKS
-                arr.resize((cap, *arr.shape[1:]))
-            arr[at:stop] = block[:n]
-            self._written[key] += n
-            self._buffers[key] = [block[n:]] if n < len(block) else []
-
-    def _fail(self, err: OSError) -> None:
-        store = self._store
-        self._rollback()
-        msg = (
-            f"{store.path}: writing the episode failed ({err}); the uncommitted episode was "
-            f"discarded, the {store.n_episodes} committed episodes are intact"
+        return merge(
+            cls,
+            sources,
+            dest,
+            image_codec=image_codec,
+            overwrite=overwrite,
+            progress=progress,
         )
-        raise DatasetError(msg) from err
-
-    def _rollback(self) -> None:
-        store = self._store
-        self._open = False
-        self._buffers = {}
-        if store._writer is self:
-            store._writer = None
-        try:
-            for arr in store._arrays.values():
-                if arr.shape[0] > self._start:
-                    arr.resize((self._start, *arr.shape[1:]))
-        except OSError as err:
-            log.warning(
-                "%s: could not roll back the partial episode now (%s); it is rolled back on "
-                "the next open",
-                store.path,
-                err,
-            )
-
-    def commit(self, meta: Mapping[str, Any] | None = None, *, started: str | None = None) -> int:
-        """Write the buffered rows, then commit the episode; returns its index.
-
-        ``meta``: task, success, operator, dropped_steps, started, duration_s and free-form
-        extras (JSON); n_steps is always computed. An empty episode is a DatasetError and the
-        writer stays open.
-        """
-        self._check_open()
-        store = self._store
-        meta_in = store._check_meta(meta)
-        if self._rows == 0:
-            msg = "cannot commit an empty episode (no steps appended); discard() it instead"
-            raise DatasetError(msg)
-        try:
-            self._flush(final=True)
-        except OSError as err:
-            self._fail(err)
-        stop = self._start + self._rows
-        if store.n_steps != self._start:
-            msg = "the store changed under this writer"
-            raise DatasetError(msg)
-        try:
-            for arr in store._arrays.values():
-                if arr.shape[0] != stop:
-                    arr.resize((stop, *arr.shape[1:]))
-        except OSError as err:
-            self._fail(err)
-        self._open = False
-        store._writer = None
-        try:
-            return store._commit(self._start, stop, meta_in, started or self._started)
-        except DatasetError:
-            if store.n_steps == self._start:  # the end index did not make it: roll back rows
-                self._rollback()
-            raise
-
-    def discard(self) -> None:
-        """Drop this episode: buffered rows and rows already written (nothing is committed)."""
-        if not self._open:
-            return
-        n = self._rows
-        self._rollback()
-        log.info("%s: discarded an uncommitted episode of %d steps", self._store.path, n)

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from .errors import TwinloopError
-from .topics import ACTION_NAMES
+from .safety import check_action
 
 if TYPE_CHECKING:
     from twinloop.sim2real.kinematics import ArmKinematics, IKResult
@@ -339,22 +339,6 @@ def resolve_profile(
 
 
 # ----- actions -----------------------------------------------------------------------------------
-def check_action(action: Sequence[float] | np.ndarray) -> np.ndarray:
-    """``[dx, dy, dz, dyaw, gripper]`` as a finite float vector, else TwinloopError."""
-    try:
-        a = np.asarray(action, dtype=float)
-    except (TypeError, ValueError) as err:
-        msg = f"action is not a numeric vector: {action!r}"
-        raise TwinloopError(msg) from err
-    if a.shape != (len(ACTION_NAMES),):
-        msg = f"action must have {len(ACTION_NAMES)} values {ACTION_NAMES}, got shape {a.shape}"
-        raise TwinloopError(msg)
-    if not np.isfinite(a).all():
-        msg = f"action has NaN or inf: {a.tolist()}"
-        raise TwinloopError(msg)
-    return a
-
-
 def twist_from_action(
     action: Sequence[float] | np.ndarray, dt: float
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -26,6 +26,7 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
+from twinloop.images import ENCODINGS
 from twinloop.topics import ACTION_NAMES, EPISODE_EVENTS
 
 from .errors import RosAdapterError
@@ -56,18 +57,6 @@ __all__ = [
     "to_jsonable",
 ]
 
-# encoding -> (dtype, channels). Images are written as rgb8 / 16UC1; these can also be read.
-ENCODINGS: dict[str, tuple[np.dtype, int]] = {
-    "rgb8": (np.dtype(np.uint8), 3),
-    "bgr8": (np.dtype(np.uint8), 3),
-    "rgba8": (np.dtype(np.uint8), 4),
-    "bgra8": (np.dtype(np.uint8), 4),
-    "mono8": (np.dtype(np.uint8), 1),
-    "8UC1": (np.dtype(np.uint8), 1),
-    "mono16": (np.dtype(np.uint16), 1),
-    "16UC1": (np.dtype(np.uint16), 1),
-    "32FC1": (np.dtype(np.float32), 1),
-}
 _HOST_BIG_ENDIAN = sys.byteorder == "big"
 
 

@@ -54,6 +54,9 @@ from twinloop.datasets.errors import DatasetError
 from twinloop.datasets.recorder import Recorder, RecorderConfig, SinkResult, SourceConfig
 from twinloop.datasets.store import EpisodeStore
 
+from twinloop.images import COLOR_ENCODINGS as _COLOR
+from twinloop.images import DEPTH_ENCODINGS as _DEPTH
+
 from .conversions import (
     ENCODINGS,
     action_from_msg,
@@ -77,8 +80,8 @@ from .node_utils import (
 
 __all__ = ["RecorderNode", "RecorderNodeConfig", "main"]
 
-COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1")
-DEPTH_ENCODINGS = ("16UC1", "mono16")
+COLOR_ENCODINGS = tuple(_COLOR)  # ("rgb8", "bgr8", ...), as the bag importer reads them
+DEPTH_ENCODINGS = tuple(_DEPTH)  # ("16UC1", "mono16")
 _CAMERA_RE = re.compile(r"^[A-Za-z0-9_]+$")
 BAD_LOG_PERIOD_S = 2.0  # a bad message is logged at most this often per source and reason
 
