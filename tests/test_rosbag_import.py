@@ -630,7 +630,6 @@ def test_cli_import_reports_failures_and_keeps_the_rest(tmp_path: Path) -> None:
 def test_twin_episode_serialized_by_the_node_conversions(tmp_path: Path) -> None:
     """Messages built by twinloop_ros.conversions (what twin_node publishes), serialized by rclpy."""
     pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels")
-    from rclpy.serialization import serialize_message
     from twinloop.sim2real.experts import make_expert
     from twinloop.sim2real.scene import CameraConfig
     from twinloop.sim2real.twin import Twin, TwinConfig
@@ -642,6 +641,7 @@ def test_twin_episode_serialized_by_the_node_conversions(tmp_path: Path) -> None
         joint_state_to_msg,
         pose_to_msg,
         stamp_from_ns,
+        to_cdr,
     )
 
     twin = Twin(TwinConfig(task="push_cube", depth=True, camera=CameraConfig(width=48, height=32)))
@@ -652,7 +652,7 @@ def test_twin_episode_serialized_by_the_node_conversions(tmp_path: Path) -> None
     truth: list[dict[str, np.ndarray]] = []
 
     def put(topic: str, msgtype: str, ns: int, msg: Any) -> None:
-        records.append((topic, msgtype, ns + 3 * MS, serialize_message(msg)))
+        records.append((topic, msgtype, ns + 3 * MS, to_cdr(msg)))
 
     try:
         for _ in range(12):

@@ -54,6 +54,7 @@ __all__ = [
     "sim_state_to_msg",
     "stamp_from_ns",
     "stamp_to_ns",
+    "to_cdr",
     "to_jsonable",
 ]
 
@@ -436,3 +437,11 @@ def twist_from_msg(msg: Any) -> tuple[np.ndarray, np.ndarray]:
         np.array([t.linear.x, t.linear.y, t.linear.z], dtype=float),
         np.array([t.angular.x, t.angular.y, t.angular.z], dtype=float),
     )
+
+
+def to_cdr(msg: Any) -> bytes:
+    """The message serialized as rclpy does (CDR), e.g. to write it into a rosbag2."""
+    from rclpy.serialization import serialize_message
+
+    data: bytes = serialize_message(msg)
+    return data
