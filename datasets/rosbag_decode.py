@@ -11,12 +11,12 @@ uint8`` RGB, depth is ``(H, W) uint16`` millimetres, quaternions are ``(w, x, y,
 from __future__ import annotations
 
 import struct
-import sys
 from typing import Any
 
 import numpy as np
 
-from twinloop.images import COLOR_ENCODINGS, DEPTH_ENCODINGS
+from twinloop.errors import TwinloopError
+from twinloop.images import COLOR_ENCODINGS, DEPTH_ENCODINGS, decode_pixels, pixels_to_rgb
 from twinloop.topics import ACTION_NAMES
 
 from .errors import DatasetError
@@ -33,8 +33,6 @@ __all__ = [
     "pose_values",
     "reward_values",
 ]
-
-_HOST_BIG_ENDIAN = sys.byteorder == "big"
 
 
 def header_stamp_ns(raw: bytes | memoryview) -> int:
@@ -57,54 +55,16 @@ def header_stamp_ns(raw: bytes | memoryview) -> int:
 
 
 def _pixels(msg: Any, encodings: dict[str, tuple[np.dtype, int]], kind: str) -> np.ndarray:
-    enc = str(msg.encoding)
-    spec = encodings.get(enc)
-    if spec is None:
-        msg_ = f"unsupported {kind} image encoding {enc!r}. Supported: {sorted(encodings)}"
-        raise DatasetError(msg_)
-    dtype, channels = spec
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        msg_ = f"image has no pixels: {width}x{height}"
-        raise DatasetError(msg_)
-    row = width * channels * dtype.itemsize
-    if step < row:
-        msg_ = (
-            f"image step {step} disagrees with encoding {enc} and width {width}: a row needs "
-            f"at least {row} bytes"
-        )
-        raise DatasetError(msg_)
-    data = np.asarray(msg.data, dtype=np.uint8).ravel()
-    if data.size < step * height:
-        msg_ = (
-            f"image data truncated: {data.size} bytes, {enc} {width}x{height} with step {step} "
-            f"needs {step * height}"
-        )
-        raise DatasetError(msg_)
-    if data.size > step * height:
-        msg_ = (
-            f"image data has {data.size} bytes but step {step} x height {height} is "
-            f"{step * height}: size and step disagree"
-        )
-        raise DatasetError(msg_)
-    rows = data.reshape(height, step)[:, :row]
-    out = np.ascontiguousarray(rows).view(dtype)
-    if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIG_ENDIAN:
-        out = out.byteswap()
-    return out.reshape((height, width, channels))
+    try:
+        return decode_pixels(msg, encodings=encodings, kind=kind, exact_size=True)
+    except TwinloopError as err:
+        raise DatasetError(str(err)) from err
 
 
 def decode_color(msg: Any) -> np.ndarray:
     """``(H, W, 3) uint8`` RGB from an rgb8, bgr8, rgba8, bgra8 or mono8 ``sensor_msgs/Image``."""
     px = _pixels(msg, COLOR_ENCODINGS, "colour")
-    enc = str(msg.encoding)
-    if enc in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(px[..., 2::-1])
-    if enc == "rgba8":
-        return np.ascontiguousarray(px[..., :3])
-    if px.shape[2] == 1:
-        return np.ascontiguousarray(np.repeat(px, 3, axis=2))
-    return px
+    return pixels_to_rgb(px, str(msg.encoding))
 
 
 def decode_depth(msg: Any) -> np.ndarray:

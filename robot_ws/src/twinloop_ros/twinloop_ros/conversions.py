@@ -26,7 +26,8 @@ from geometry_msgs.msg import PoseStamped
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 
-from twinloop.images import ENCODINGS
+from twinloop.errors import TwinloopError
+from twinloop.images import ENCODINGS, decode_pixels, pixels_to_rgb
 from twinloop.topics import ACTION_NAMES, EPISODE_EVENTS
 
 from .errors import RosAdapterError
@@ -119,48 +120,19 @@ def image_from_msg(msg: Image) -> np.ndarray:
 
     Row padding (``step`` larger than a row) and byte order are honoured.
     """
-    spec = ENCODINGS.get(msg.encoding)
-    if spec is None:
-        msg_ = f"unsupported image encoding {msg.encoding!r}. Supported: {sorted(ENCODINGS)}"
-        raise RosAdapterError(msg_)
-    dtype, channels = spec
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        msg_ = f"image has no pixels: {width}x{height}"
-        raise RosAdapterError(msg_)
-    row = width * channels * dtype.itemsize
-    if step < row:
-        msg_ = f"image step {step} is smaller than a row of {width} {msg.encoding} pixels ({row} bytes)"
-        raise RosAdapterError(msg_)
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < step * height:
-        msg_ = (
-            f"image data has {buf.size} bytes, {msg.encoding} {width}x{height} with step {step} "
-            f"needs {step * height}"
-        )
-        raise RosAdapterError(msg_)
-    rows = buf[: step * height].reshape(height, step)[:, :row]
-    out = np.ascontiguousarray(rows).view(dtype)
-    if dtype.itemsize > 1 and bool(msg.is_bigendian) != _HOST_BIG_ENDIAN:
-        out = out.byteswap()
-    shape = (height, width) if channels == 1 else (height, width, channels)
-    return out.reshape(shape)
+    try:
+        pixels = decode_pixels(msg)
+    except TwinloopError as err:
+        raise RosAdapterError(str(err)) from err
+    return pixels[..., 0] if pixels.shape[2] == 1 else pixels
 
 
 def rgb_from_msg(msg: Image) -> np.ndarray:
     """``(H, W, 3) uint8`` RGB from rgb8, bgr8, rgba8, bgra8 or mono8 messages."""
-    img = image_from_msg(msg)
-    enc = msg.encoding
-    if enc == "rgb8":
-        return img
-    if enc in ("bgr8", "bgra8"):
-        return np.ascontiguousarray(img[..., 2::-1])
-    if enc == "rgba8":
-        return np.ascontiguousarray(img[..., :3])
-    if enc in ("mono8", "8UC1"):
-        return np.repeat(img[..., None], 3, axis=2)
-    msg_ = f"cannot turn a {enc} image into RGB"
-    raise RosAdapterError(msg_)
+    try:
+        return pixels_to_rgb(decode_pixels(msg), msg.encoding)
+    except TwinloopError as err:
+        raise RosAdapterError(str(err)) from err
 
 
 # ----- camera info ---------------------------------------------------------------------------
