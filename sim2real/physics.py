@@ -240,6 +240,22 @@ class Physics:
         fy = (h / 2) / math.tan(math.radians(self.model.cam_fovy[self._camera_id]) / 2)
         return CameraIntrinsics(w, h, fy, fy, (w - 1) / 2, (h - 1) / 2)
 
+    def camera_pose(self) -> np.ndarray:
+        """Camera-to-world transform (4x4) in the OpenCV convention: x right, y down, z forward.
+
+        This is what a hand-eye calibration gives on the robot; with the intrinsics it lifts a
+        pixel and its depth to a world point (keypoint rewards).
+        """
+        scratch = self._scratch  # kinematics on a copy: valid before the first step, no side effects
+        scratch.qpos[:] = self.data.qpos
+        mujoco.mj_kinematics(self.model, scratch)
+        mujoco.mj_camlight(self.model, scratch)
+        pose = np.eye(4)
+        rot = scratch.cam_xmat[self._camera_id].reshape(3, 3)  # MuJoCo: y up, looks along -z
+        pose[:3, :3] = rot @ np.diag([1.0, -1.0, -1.0])
+        pose[:3, 3] = scratch.cam_xpos[self._camera_id]
+        return pose
+
     def render(self) -> np.ndarray:
         """RGB image (H, W, 3) uint8 from the cell camera."""
         if self._renderer is None:

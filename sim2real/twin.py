@@ -246,5 +246,9 @@ class Twin:
     def intrinsics(self) -> CameraIntrinsics:
         return self.physics.intrinsics()
 
+    def camera_pose(self) -> np.ndarray:
+        """Camera-to-world 4x4 (OpenCV axes), see :meth:`Physics.camera_pose`."""
+        return self.physics.camera_pose()
+
     def close(self) -> None:
         self.physics.close()

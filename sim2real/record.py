@@ -1,0 +1,169 @@
+"""Record twin episodes, with the ground truth reward methods are judged by, into an EpisodeStore.
+
+Each row is one observation and the action taken from it: ``image_color`` (and ``depth_color``),
+``joint_pos``, ``ee_pose``, ``action``, ``success`` (of that observation), ``progress`` (the
+task's privileged dense reward in [0, 1]) and the task's privileged state as ``priv_<name>``.
+The final observation of an episode is recorded too (with a hold action), so a successful episode
+ends on frames that show success. Store attrs carry the camera intrinsics and the camera pose
+(``camera_extrinsics``: camera-to-world 4x4, OpenCV axes) that keypoint rewards need.
+
+Episode kinds: ``expert`` (the scripted expert with ``noise``) and two kinds of failure,
+``stall`` (the expert for part of the budget, then small random motions) and ``noisy`` (the
+expert drowned in action noise). Randomness comes from ``seed`` only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TwinError
+from .experts import make_expert
+from .twin import Observation, Twin, TwinConfig
+
+__all__ = ["EPISODE_KINDS", "RecordConfig", "record_twin_dataset"]
+
+log = logging.getLogger(__name__)
+
+EPISODE_KINDS = ("expert", "stall", "noisy")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    episodes: int = 10  # how many episodes to record
+    kinds: tuple[str, ...] = ("expert",)  # episode i uses kinds[i % len(kinds)]
+    noise: float = 0.0  # expert action noise for "expert" episodes
+    failure_noise: float = 1.0  # expert action noise for "noisy" episodes
+    hold_steps: int = 3  # rows recorded after success with a hold action (more success frames)
+    seed: int = 0  # episode i resets the twin with seed + i
+    depth: bool = True  # record aligned depth (keypoint rewards need it)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            msg = f"episodes must be >= 1, got {self.episodes}"
+            raise TwinError(msg)
+        bad = [k for k in self.kinds if k not in EPISODE_KINDS]
+        if not self.kinds or bad:
+            msg = f"unknown episode kinds {bad or '(none given)'}. Available: {list(EPISODE_KINDS)}"
+            raise TwinError(msg)
+        if self.noise < 0 or self.failure_noise < 0 or self.hold_steps < 0:
+            msg = "noise, failure_noise and hold_steps must be >= 0"
+            raise TwinError(msg)
+
+
+def _row(twin: Twin, obs_image: np.ndarray, depth: np.ndarray | None) -> dict[str, np.ndarray]:
+    phys = twin.physics
+    row = {
+        "image_color": obs_image,
+        "joint_pos": phys.joint_positions().astype(np.float32),
+        "ee_pose": np.concatenate([phys.ee_pos(), phys.ee_quat()]).astype(np.float32),
+        "success": np.bool_(twin.success()),
+        "progress": np.float32(twin.task.reward(phys)),
+    }
+    if depth is not None:
+        row["depth_color"] = depth
+    for key, value in twin.privileged_state().items():
+        row[f"priv_{key}"] = np.asarray(value, dtype=np.float32)
+    return row
+
+
+def _frames(obs: Observation) -> tuple[np.ndarray, np.ndarray | None]:
+    if obs.image is None:
+        msg = "the twin returned no camera image; recording needs TwinConfig.render=True"
+        raise TwinError(msg)
+    return obs.image, obs.depth
+
+
+def _episode(
+    twin: Twin, kind: str, seed: int, cfg: RecordConfig
+) -> tuple[dict[str, np.ndarray], bool]:
+    rng = np.random.default_rng(seed)
+    obs = twin.reset(seed=seed)
+    noise = cfg.failure_noise if kind == "noisy" else cfg.noise
+    expert = make_expert(twin, noise=noise, seed=seed)
+    max_steps = twin.task.max_steps
+    stall_at = int(rng.uniform(0.15, 0.7) * max_steps) if kind == "stall" else max_steps
+    rows: list[dict[str, np.ndarray]] = []
+    action = np.zeros(5)
+    image, depth = _frames(obs)
+    for step in range(max_steps):
+        if step < stall_at:
+            action = expert.act(twin.privileged_state())
+        else:  # small random motions that do not finish the task
+            action = np.concatenate([rng.normal(0, 0.005, 3), [0.0], [action[4]]])
+        rows.append(_row(twin, image, depth) | {"action": action.astype(np.float32)})
+        result = twin.step(action)
+        image, depth = _frames(result.observation)
+        if result.success and kind == "expert":
+            break
+    hold = np.array([0.0, 0.0, 0.0, 0.0, action[4]], dtype=np.float32)
+    for _ in range(1 + (cfg.hold_steps if twin.success() else 0)):
+        rows.append(_row(twin, image, depth) | {"action": hold})
+        image, depth = _frames(twin.step(hold).observation)
+    episode = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    return episode, bool(episode["success"][-1])
+
+
+def record_twin_dataset(
+    path: str | os.PathLike[str],
+    config: RecordConfig,
+    twin_config: TwinConfig | None = None,
+    *,
+    overwrite: bool = False,
+    on_episode: Callable[[int, bool, int], None] | None = None,
+) -> Path:
+    """Record ``config.episodes`` twin episodes into a new store at ``path``; returns the path.
+
+    ``on_episode(i, success, steps)`` is called after each committed episode (progress bars).
+    """
+    from twinloop.datasets.store import EpisodeStore
+
+    tcfg = twin_config or TwinConfig()
+    if not tcfg.render:
+        msg = "record_twin_dataset needs a rendering twin (TwinConfig.render=True)"
+        raise TwinError(msg)
+    if tcfg.depth != config.depth:
+        from dataclasses import replace
+
+        tcfg = replace(tcfg, depth=config.depth)
+    twin = Twin(tcfg)
+    try:
+        intr = twin.intrinsics
+        store = EpisodeStore.create(
+            path,
+            fps=tcfg.control_hz,
+            task=twin.task.text,
+            robot_profile="twin",
+            camera_intrinsics={"color": _intrinsics_dict(intr)},
+            overwrite=overwrite,
+            extra_attrs={
+                "twin_task": tcfg.task,
+                "camera_extrinsics": {"color": twin.camera_pose().round(6).tolist()},
+                "ground_truth": ["success", "progress"],
+            },
+        )
+        with store:
+            for i in range(config.episodes):
+                kind = config.kinds[i % len(config.kinds)]
+                episode, success = _episode(twin, kind, config.seed + i, config)
+                store.add_episode(
+                    episode, meta={"success": success, "kind": kind, "seed": config.seed + i}
+                )
+                log.debug(
+                    "episode %d (%s): success %s, %d rows", i, kind, success, len(episode["action"])
+                )
+                if on_episode is not None:
+                    on_episode(i, success, len(episode["action"]))
+    finally:
+        twin.close()
+    return Path(path)
+
+
+def _intrinsics_dict(intr: object) -> dict[str, object]:
+    fields: Sequence[str] = ("width", "height", "fx", "fy", "ppx", "ppy", "model", "coeffs")
+    return {f: getattr(intr, f) if f != "coeffs" else list(getattr(intr, f)) for f in fields}
