@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--width", type=int, default=320, help="camera width, px")
         p.add_argument("--height", type=int, default=240, help="camera height, px")
 
-    twin = sub.add_parser("twin", help="the MuJoCo twin without ROS: run, params, info")
+    twin = sub.add_parser("twin", help="the MuJoCo twin without ROS: run, record, params, info")
     twin_sub = twin.add_subparsers(dest="twin_command", required=True, metavar="TWIN_COMMAND")
     p = twin_sub.add_parser("run", help="run scripted-expert episodes in the twin")
     twin_args(p)
@@ -370,6 +370,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = twin_sub.add_parser("info", help="print joints, camera intrinsics and parameters as JSON")
     twin_args(p)
     p.set_defaults(func=cmd_twin_info)
+    from twinloop.sim2real.cli import add_commands as add_twin_commands
+
+    add_twin_commands(twin_sub)
 
     ds = sub.add_parser("dataset", help="zarr episode stores: info, check, view, import, export")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True, metavar="DATASET_COMMAND")

@@ -1,0 +1,94 @@
+"""Twin datasets with ground truth: sim2real.record and ``twinloop twin record``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from twinloop.datasets.store import EpisodeStore
+from twinloop.sim2real.errors import TwinError
+from twinloop.sim2real.record import RecordConfig, record_twin_dataset
+from twinloop.sim2real.twin import Twin, TwinConfig
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("rec") / "push.zarr"
+    record_twin_dataset(path, RecordConfig(episodes=3, kinds=("expert", "stall", "noisy")))
+    return path
+
+
+def test_keys_and_ground_truth(store_path) -> None:
+    with EpisodeStore.open(store_path) as store:
+        assert store.n_episodes == 3
+        for key in ("image_color", "depth_color", "ee_pose", "action", "success", "progress"):
+            assert key in store.keys
+        assert "priv_cube_pos" in store.keys and "priv_goal_pos" in store.keys
+        expert = store.get_episode(0)
+        assert store.episode_meta(0)["kind"] == "expert"
+        assert store.episode_meta(0)["success"] is True
+        # The expert episode ends on success frames (the final observation is recorded).
+        assert expert["success"][-1] and not expert["success"][0]
+        assert expert["success"][-4:].all()  # hold_steps=3 rows after the first success
+        assert 0.0 <= expert["progress"].min() and expert["progress"].max() <= 1.0
+        assert expert["progress"][-1] > expert["progress"][0] + 0.3
+        stall = store.get_episode(1, ["success"])
+        assert store.episode_meta(1)["kind"] == "stall"
+        assert not stall["success"][-1]
+
+
+def test_camera_pose_projects_the_cube(store_path) -> None:
+    with EpisodeStore.open(store_path) as store:
+        intr = store.attrs["camera_intrinsics"]["color"]
+        cam_to_world = np.array(store.attrs["camera_extrinsics"]["color"])
+        ep = store.get_episode(0, ["image_color", "depth_color", "priv_cube_pos"])
+    cube = np.r_[ep["priv_cube_pos"][0], 1.0]
+    x, y, z = (np.linalg.inv(cam_to_world) @ cube)[:3]
+    u = round(intr["fx"] * x / z + intr["ppx"])
+    v = round(intr["fy"] * y / z + intr["ppy"])
+    r, g, b = ep["image_color"][0][v, u].astype(int)
+    assert r > 150 and g < 80 and b < 80  # the red cube is where the pose puts it
+    # Depth at that pixel sees the cube's near surface: within 5 cm of its centre's depth.
+    assert abs(ep["depth_color"][0][v, u] / 1000.0 - z) < 0.05
+
+
+def test_camera_pose_is_a_rigid_transform() -> None:
+    twin = Twin(TwinConfig(render=False))
+    try:
+        pose = twin.camera_pose()
+    finally:
+        twin.close()
+    rot = pose[:3, :3]
+    np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)
+    assert np.linalg.det(rot) == pytest.approx(1.0)
+    np.testing.assert_allclose(pose[:3, 3], TwinConfig().camera.pos, atol=1e-9)
+
+
+def test_bad_config() -> None:
+    with pytest.raises(TwinError, match="unknown episode kinds"):
+        RecordConfig(kinds=("expert", "wander"))
+    with pytest.raises(TwinError, match="episodes must be"):
+        RecordConfig(episodes=0)
+
+
+def test_refuses_existing_store(store_path) -> None:
+    from twinloop.datasets.errors import DatasetError
+
+    with pytest.raises(DatasetError, match="exists"):
+        record_twin_dataset(store_path, RecordConfig(episodes=1))
+
+
+def test_cli_smoke(tmp_path) -> None:
+    out = tmp_path / "drawer.zarr"
+    cmd = [sys.executable, "-m", "twinloop.cli", "twin", "record", "--out", str(out)]
+    cmd += ["--task", "open_drawer", "--episodes", "1", "--kinds", "expert", "--no-depth"]
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, timeout=120)
+    assert "recorded 1 open_drawer episodes (1 successful)" in done.stdout
+    with EpisodeStore.open(out) as store:
+        assert "depth_color" not in store.keys and "priv_drawer_opening" in store.keys
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
