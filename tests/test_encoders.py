@@ -207,6 +207,30 @@ def test_fp16_on_cuda_preprocesses_on_device(tmp_path: Path) -> None:
     assert float(cosine.min()) > 0.99, cosine
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_replay_matches_eager(tmp_path: Path) -> None:
+    cpu_config = make_tiny_open_clip(tmp_path)
+    gpu = load_open_clip(
+        OpenClipConfig(
+            model_name=cpu_config.model_name,
+            model_config=cpu_config.model_config,
+            checkpoint=cpu_config.checkpoint,
+            device="cuda",
+        )
+    )
+    assert gpu.cuda_graphs
+    rng = np.random.default_rng(0)
+    for shape in [(1, 48, 64, 3), (2, 48, 64, 3), (1, 48, 64, 3), (2, 60, 40, 3)]:
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)  # new content on every call
+        graphed = gpu.encode_images(frames)
+        gpu.cuda_graphs = False
+        eager = gpu.encode_images(frames)
+        gpu.cuda_graphs = True
+        torch.testing.assert_close(graphed, eager, atol=2e-3, rtol=2e-3)
+    assert len(gpu._graphs) == 3  # one graph per (B, H, W), reused for the repeated shape
+
+
 def test_loading_after_software_rendering_does_not_crash(tmp_path: Path) -> None:
     """Mesa's LLVM (MuJoCo EGL on a CPU) + triton's LLVM segfault unless triton is kept out."""
     config = make_tiny_open_clip(tmp_path)

@@ -65,6 +65,9 @@ TOPICS: dict[str, Topic] = {
         Topic("/twinloop/deadman", "std_msgs/Bool", False, "teleop deadman, fresh True to move"),
         Topic("/twinloop/safety_status", "std_msgs/String", False, "JSON safety state and counts"),
         Topic("/twinloop/recorder/status", "std_msgs/String", False, "JSON recorder state, drops"),
+        Topic(
+            "/twinloop/reward/status", "std_msgs/String", False, "JSON reward rates, latency, drops"
+        ),
         Topic("/twinloop/sim/state", "std_msgs/String", False, "twin only: JSON privileged state"),
     )
 }

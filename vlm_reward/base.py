@@ -215,7 +215,7 @@ def load_reward_model(
     ``expect_type``: refuse a file holding another reward type (say, a classifier where a
     preference net was asked for), naming both.
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
     meta = read_checkpoint_header(path)
     if expect_type is not None and meta["type"] != expect_type:
@@ -223,7 +223,13 @@ def load_reward_model(
         raise RewardError(msg)
     config = config_from_dict(meta["type"], json.loads(meta["config"]))
     model = make_reward_model(config, **kwargs)
-    state = load_file(str(path))
+    # From the bytes, not memory-mapped: a file rewritten in place (a retrained model saved over
+    # the old one) must not change, or crash, a model already loaded from it.
+    try:
+        state = load_bytes(Path(path).read_bytes())
+    except OSError as err:
+        msg = f"could not read reward checkpoint {path}: {err}"
+        raise RewardError(msg) from err
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError) as err:

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SCHEMAS = ("hf-hub:", "local-dir:")
+GRAPH_MAX_BATCH = 8  # larger batches are throughput-bound; they run eagerly
+GRAPH_MAX_SHAPES = 16  # at most this many captured graphs (frame sizes x batch sizes) per encoder
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class OpenClipEncoder:
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1).to(device)
         self._shift = (-mean / std).view(1, 3, 1, 1).to(device)
         self._text_cache: dict[tuple[tuple[str, ...], bool], torch.Tensor] = {}
+        # Replay image encoding as CUDA graphs on a GPU (see _graphed); set False for eager.
+        self.cuda_graphs = device.type == "cuda"
+        self._graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, torch.Tensor]] = {}
         self.embed_dim = int(self.encode_text(("a photo",)).shape[-1])
 
     # ------------------------------------------------------------------ images
@@ -228,10 +233,60 @@ class OpenClipEncoder:
             return torch.zeros((0, self.embed_dim), device=self.device)
         chunks = []
         for start in range(0, n, batch_size):
-            pixels = self.preprocess(frames[start : start + batch_size])
-            feats = self.model.encode_image(pixels).float()
-            chunks.append(F.normalize(feats, dim=-1) if normalize else feats)
+            chunk = frames[start : start + batch_size]
+            graphed = self._graphed(chunk, normalize)
+            chunks.append(graphed if graphed is not None else self._encode(chunk, normalize))
         return torch.cat(chunks)
+
+    def _encode(self, frames: np.ndarray | torch.Tensor, normalize: bool) -> torch.Tensor:
+        feats = self.model.encode_image(self.preprocess(frames)).float()
+        return F.normalize(feats, dim=-1) if normalize else feats
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _graphed(self, frames: np.ndarray | torch.Tensor, normalize: bool) -> torch.Tensor | None:
+        """Preprocess + encode as one replayed CUDA graph per input shape; None = run eagerly.
+
+        At batch 1-2 an eager ViT forward on a GPU is bound by kernel launches (hundreds per
+        call); a captured graph replays them in one launch. Graphs are captured lazily per
+        (B, H, W) and normalize flag, up to ``GRAPH_MAX_BATCH``; a failed capture turns them off.
+        """
+        if not self.cuda_graphs or self.device.type != "cuda":
+            return None
+        x = self._as_uint8_tensor(frames)
+        if not 0 < x.shape[0] <= GRAPH_MAX_BATCH:
+            return None
+        key = (*x.shape, normalize)
+        entry = self._graphs.get(key)
+        if entry is None:
+            if len(self._graphs) >= GRAPH_MAX_SHAPES:
+                return None
+            try:
+                entry = self._capture(x, normalize)
+            except RuntimeError as err:
+                log.warning("CUDA graph capture failed (%s); the image encoder runs eagerly", err)
+                self.cuda_graphs = False
+                return None
+            self._graphs[key] = entry
+        graph, static_in, static_out = entry
+        static_in.copy_(x)
+        graph.replay()
+        return static_out.clone()
+
+    def _capture(
+        self, x: torch.Tensor, normalize: bool
+    ) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        static_in = x.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm-up (allocator, cuBLAS workspaces) off the main stream
+            for _ in range(3):
+                self._encode(static_in, normalize)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._encode(static_in, normalize)
+        log.debug("captured a CUDA graph for frames %s", tuple(x.shape))
+        return graph, static_in, static_out
 
     # ------------------------------------------------------------------ text
     @torch.no_grad()

@@ -43,6 +43,7 @@ setup(
             f"ros2_control_mock = {PACKAGE}.ros2_control_mock:main",
             f"teleop_node = {PACKAGE}.teleop_node:main",
             f"recorder_node = {PACKAGE}.recorder_node:main",
+            f"reward_node = {PACKAGE}.reward_node:main",
         ],
     },
 )
