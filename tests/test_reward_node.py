@@ -300,6 +300,11 @@ def test_stop_is_clean(cell: Cell) -> None:
         (["config:=not json"], "config must be a JSON object of clip config fields"),
         (["config:='{}'"], "goal_prompts must hold at least one prompt"),
         (["cameras:=[a, b]"], "image_topics needs one topic per camera ['a', 'b']"),
+        (["reward_type:=success_classifier"], "'success_classifier' needs a trained checkpoint"),
+        (
+            ["reward_type:=preference", "checkpoint:=/nonexistent/pref.safetensors"],
+            "(/nonexistent/pref.safetensors does not exist)",
+        ),
     ],
 )
 def test_bad_parameters_fail_at_start(params: list[str], message: str) -> None:

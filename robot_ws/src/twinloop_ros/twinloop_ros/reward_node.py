@@ -65,6 +65,7 @@ from .node_utils import COMMAND_QOS, exit_if_help, main_exit, params_from_datacl
 __all__ = ["REWARD_NAMES", "RewardNode", "RewardNodeConfig", "main"]
 
 REWARD_NAMES = ("reward", "success")  # JointState names of /twinloop/reward
+TRAINED_TYPES = ("success_classifier", "preference")  # reward types that need a checkpoint file
 BAD_LOG_PERIOD_S = 2.0  # a bad frame is logged at most this often per camera and reason
 # Frames: best effort, keep only the newest (an older frame waiting in DDS is worth nothing here).
 FRAME_QOS = QoSProfile(
@@ -135,6 +136,14 @@ def build_model(cfg: RewardNodeConfig) -> tuple[RewardModel, str]:
         model = load_model_snapshot(path, expect_type=cfg.reward_type)
         ignored = " (the config parameter is not used: the file holds its own)"
         return model, f"checkpoint {path}" + (ignored if cfg.config_values() else "")
+    if cfg.reward_type in TRAINED_TYPES:
+        # An untrained classifier or preference net would publish meaningless rewards.
+        msg = (
+            f"reward_type {cfg.reward_type!r} needs a trained checkpoint: set checkpoint:= to a "
+            f"file from `twinloop reward train-classifier` or `twinloop reward label`"
+            + (f" ({path} does not exist)" if path is not None else "")
+        )
+        raise RosAdapterError(msg)
     values = cfg.config_values()
     model = make_reward_model(config_from_dict(cfg.reward_type, values))
     where = "config" if path is None else f"config (until {path} appears)"
