@@ -33,9 +33,10 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  # about 8 minutes: twin + DDS, then 5 minutes of recording
+bench: setup  # about 13 minutes: twin + DDS, 5 minutes of recording, 5 minutes of rewards
 	$(PY) benchmarks/twin.py
 	$(PY) benchmarks/recording.py
+	$(PY) benchmarks/reward.py
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -58,12 +58,12 @@ class RecordConfig:
 
 def _row(twin: Twin, obs_image: np.ndarray, depth: np.ndarray | None) -> dict[str, np.ndarray]:
     phys = twin.physics
-    row = {
+    row: dict[str, np.ndarray] = {
         "image_color": obs_image,
         "joint_pos": phys.joint_positions().astype(np.float32),
         "ee_pose": np.concatenate([phys.ee_pos(), phys.ee_quat()]).astype(np.float32),
-        "success": np.bool_(twin.success()),
-        "progress": np.float32(twin.task.reward(phys)),
+        "success": np.array(twin.success(), dtype=np.bool_),
+        "progress": np.array(twin.task.reward(phys), dtype=np.float32),
     }
     if depth is not None:
         row["depth_color"] = depth
