@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import mujoco
 import numpy as np
 
+from twinloop.llvm_guard import avoid_triton_llvm_clash
+
 from .arm import ArmConfig, joint_ids
 from .errors import TwinError
 from .scene import CameraConfig
@@ -246,7 +248,9 @@ class Physics:
         This is what a hand-eye calibration gives on the robot; with the intrinsics it lifts a
         pixel and its depth to a world point (keypoint rewards).
         """
-        scratch = self._scratch  # kinematics on a copy: valid before the first step, no side effects
+        scratch = (
+            self._scratch
+        )  # kinematics on a copy: valid before the first step, no side effects
         scratch.qpos[:] = self.data.qpos
         mujoco.mj_kinematics(self.model, scratch)
         mujoco.mj_camlight(self.model, scratch)
@@ -260,6 +264,7 @@ class Physics:
         """RGB image (H, W, 3) uint8 from the cell camera."""
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.camera.height, self.camera.width)
+            avoid_triton_llvm_clash()  # software GL + a later triton import would segfault
         self._renderer.update_scene(self.data, camera=self._camera_id)
         return self._renderer.render()
 
@@ -270,6 +275,7 @@ class Physics:
                 self.model, self.camera.height, self.camera.width
             )
             self._depth_renderer.enable_depth_rendering()
+            avoid_triton_llvm_clash()
         self._depth_renderer.update_scene(self.data, camera=self._camera_id)
         depth_m = self._depth_renderer.render()
         depth_mm = np.where(np.isfinite(depth_m) & (depth_m < 65.0), depth_m * 1000.0, 0.0)

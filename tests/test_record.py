@@ -92,3 +92,29 @@ def test_cli_smoke(tmp_path) -> None:
         assert "depth_color" not in store.keys and "priv_drawer_opening" in store.keys
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_render_then_train_in_one_process() -> None:
+    """Software GL loads Mesa's LLVM; a torch optimizer step then imports triton (a second LLVM).
+
+    Without the guard the twin installs after its first render, that process segfaults.
+    """
+    script = """
+import os
+from twinloop.sim2real.twin import Twin, TwinConfig
+twin = Twin(TwinConfig())
+twin.reset(seed=0)
+twin.close()
+import torch
+net = torch.nn.Linear(4, 1)
+opt = torch.optim.Adam(net.parameters())
+net(torch.ones(2, 4)).sum().backward()
+opt.step()
+print("trained")
+"""
+    env = dict(os.environ, MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"), OMP_NUM_THREADS="1")
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "trained" in run.stdout

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from twinloop.llvm_guard import avoid_triton_llvm_clash
 
 from .errors import RewardError
 
@@ -312,33 +313,6 @@ class OpenClipEncoder:
 
 
 # ---------------------------------------------------------------------- loading
-def _mesa_llvm_loaded() -> bool:
-    try:
-        with open("/proc/self/maps") as maps:
-            return any("libLLVM" in line for line in maps)
-    except OSError:  # not Linux
-        return False
-
-
-def avoid_triton_llvm_clash() -> bool:
-    """Keep triton out of a process where Mesa's LLVM is already loaded; True if it did.
-
-    MuJoCo's software EGL/OSMesa rendering (llvmpipe) loads the system ``libLLVM``; importing
-    triton afterwards (open_clip -> torchvision -> torch._dynamo -> triton) loads a second LLVM
-    and the process segfaults. Triton is only needed by ``torch.compile`` on a GPU, so when Mesa's
-    LLVM is present and triton is not imported yet, its import is disabled (torch then reports
-    no triton). Importing open_clip before the first render avoids the clash as well.
-    """
-    if "triton" in sys.modules or not _mesa_llvm_loaded():
-        return False
-    sys.modules["triton"] = None  # type: ignore[assignment]  # import triton -> ImportError
-    log.warning(
-        "Mesa's LLVM is loaded (software rendering) and would crash triton: triton disabled in "
-        "this process (torch.compile unavailable); import open_clip before rendering to keep it"
-    )
-    return True
-
-
 def _register_model_config(path_str: str, name: str) -> None:
     """Register a custom model-config JSON with open_clip (re-registered if another file won)."""
     import open_clip
