@@ -483,6 +483,7 @@ def test_console_scripts_are_installed() -> None:
         "ros2_control_mock": "twinloop_ros.ros2_control_mock:main",
         "teleop_node": "twinloop_ros.teleop_node:main",
         "recorder_node": "twinloop_ros.recorder_node:main",
+        "reward_node": "twinloop_ros.reward_node:main",
     }
     bindir = Path(sysconfig.get_path("scripts"))
     for name in scripts:
