@@ -146,3 +146,26 @@ def test_demo_with_a_bad_parameter_fails_with_the_reason(tmp_path: Path) -> None
     )
     assert res.returncode != 0
     assert "cube.mass=9.0 is outside" in res.stdout + res.stderr
+
+
+def test_reward_group_lists_every_reward_command() -> None:
+    out = twinloop("reward", "--help").stdout
+    for command in ("train-classifier", "label", "audit", "teacher"):
+        assert command in out
+        assert "usage: twinloop reward " + command in twinloop("reward", command, "--help").stdout
+
+
+def test_reward_bad_dataset_is_a_clear_error(tmp_path) -> None:
+    run = twinloop(
+        "reward",
+        "audit",
+        "--dataset",
+        str(tmp_path / "missing.zarr"),
+        "--key",
+        "reward",
+        "--out",
+        str(tmp_path / "audit"),
+        check=False,
+    )
+    assert run.returncode == 2
+    assert "missing.zarr" in run.stderr and "Traceback" not in run.stderr

@@ -382,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_commands(ds_sub)
     add_convert_commands(ds_sub)
 
+    rw = sub.add_parser("reward", help="VLM rewards: train-classifier, label, audit, teacher")
+    rw_sub = rw.add_subparsers(dest="reward_command", required=True, metavar="REWARD_COMMAND")
+    from twinloop.vlm_reward.cli import add_commands as add_reward_commands
+
+    add_reward_commands(rw_sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 
@@ -439,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("OpenGL", "matplotlib", "PIL"):
+    for noisy in ("OpenGL", "matplotlib", "PIL", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     _setup_env()
     try:
