@@ -125,17 +125,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m twinloop.vlm_reward.cli_audit audit ...``)."""
-    parser = argparse.ArgumentParser(prog="twinloop reward", description="reward tools")
-    sub = parser.add_subparsers(dest="reward_command", required=True, metavar="COMMAND")
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except ValueError as err:  # RewardError, DatasetError: bad input, said plainly
-        log.error("%s", err)
-        return 2
+    """Stand-alone entry point (the same command as under ``twinloop reward``)."""
+    from .cli import run_standalone
+
+    return run_standalone(add_commands, argv, description="reward tools")
 
 
 if __name__ == "__main__":

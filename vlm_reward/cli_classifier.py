@@ -199,14 +199,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m twinloop.vlm_reward.cli_classifier train-classifier ...``."""
-    parser = argparse.ArgumentParser(prog="twinloop reward", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    code: int = args.func(args)
-    return code
+    """Stand-alone entry point (the same command as under ``twinloop reward``)."""
+    from .cli import run_standalone
+
+    return run_standalone(add_commands, argv, description=__doc__ or "", level=logging.WARNING)
 
 
 if __name__ == "__main__":

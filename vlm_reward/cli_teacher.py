@@ -100,22 +100,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="twinloop reward", description="VLM teacher server")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_commands(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return int(args.func(args) or 0)
-    except RewardError as err:
-        log.error("%s", err)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    """Stand-alone entry point (the same command as under ``twinloop reward``)."""
+    from .cli import run_standalone
+
+    return run_standalone(add_commands, argv, description="VLM teacher server")
 
 
 if __name__ == "__main__":
