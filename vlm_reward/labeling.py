@@ -292,7 +292,8 @@ def fit_preference(
     few megabytes.
     """
     if len(labels.labels) == 0:
-        msg = f"no usable preference labels to train on ({labels.stats()})"
+        first = f"; first error: {labels.errors[0]}" if labels.errors else ""
+        msg = f"no usable preference labels to train on ({labels.stats()}{first})"
         raise RewardError(msg)
     size = (model.config if model is not None else config or PreferenceConfig()).size
     rows, inverse = np.unique(labels.pairs, return_inverse=True)
@@ -417,7 +418,7 @@ def relabel_store(
 class OnlineConfig:
     query_every: int = 5000  # frames appended between reward updates
     queries_per_round: int = 100  # pairs asked per update
-    capacity: int = 100_000  # frames kept in the buffer (oldest dropped first)
+    capacity: int = 10_000  # frames kept in the buffer, oldest dropped first (640x480: 9 GB)
     concurrency: int = 8  # pairs in flight at once
     seed: int = 0  # pair sampling and retraining order
 
@@ -498,9 +499,17 @@ class OnlinePreferenceLoop:
         self._chunks.append(np.array(frames, copy=True))
         self._size += len(frames)
         self.stats["frames_seen"] += len(frames)
-        if self._size > self.config.capacity:
-            self._chunks = [self.buffer()[self._size - self.config.capacity :]]
-            self._size = self.config.capacity
+        excess = self._size - self.config.capacity
+        while excess > 0:  # drop the oldest frames, whole chunks first
+            head = self._chunks[0]
+            if len(head) <= excess:
+                self._chunks.pop(0)
+                cut = len(head)
+            else:
+                self._chunks[0] = head[excess:]
+                cut = excess
+            self._size -= cut
+            excess -= cut
         self._since_update += len(frames)
         if self._since_update >= self.config.query_every:
             return self.update()
