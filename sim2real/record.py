@@ -26,7 +26,12 @@ from .errors import TwinError
 from .experts import make_expert
 from .twin import Observation, Twin, TwinConfig
 
-__all__ = ["EPISODE_KINDS", "RecordConfig", "record_twin_dataset"]
+__all__ = [
+    "EPISODE_KINDS",
+    "RecordConfig",
+    "observation_row",
+    "record_twin_dataset",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +61,24 @@ class RecordConfig:
             raise TwinError(msg)
 
 
-def _row(twin: Twin, obs_image: np.ndarray, depth: np.ndarray | None) -> dict[str, np.ndarray]:
+def observation_row(
+    twin: Twin, image: np.ndarray | None, depth: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """One dataset row of the twin's current state (the keys a recorded store holds).
+
+    ``proprio`` is the twin's own proprio (policies derive the same from ee_pose + joint_pos);
+    ``image``/``depth`` are included when given.
+    """
     phys = twin.physics
     row: dict[str, np.ndarray] = {
-        "image_color": obs_image,
+        "proprio": twin.proprio(),
         "joint_pos": phys.joint_positions().astype(np.float32),
         "ee_pose": np.concatenate([phys.ee_pos(), phys.ee_quat()]).astype(np.float32),
         "success": np.array(twin.success(), dtype=np.bool_),
         "progress": np.array(twin.task.reward(phys), dtype=np.float32),
     }
+    if image is not None:
+        row["image_color"] = image
     if depth is not None:
         row["depth_color"] = depth
     for key, value in twin.privileged_state().items():
@@ -96,14 +110,14 @@ def _episode(
             action = expert.act(twin.privileged_state())
         else:  # small random motions that do not finish the task
             action = np.concatenate([rng.normal(0, 0.005, 3), [0.0], [action[4]]])
-        rows.append(_row(twin, image, depth) | {"action": action.astype(np.float32)})
+        rows.append(observation_row(twin, image, depth) | {"action": action.astype(np.float32)})
         result = twin.step(action)
         image, depth = _frames(result.observation)
         if result.success and kind == "expert":
             break
     hold = np.array([0.0, 0.0, 0.0, 0.0, action[4]], dtype=np.float32)
     for _ in range(1 + (cfg.hold_steps if twin.success() else 0)):
-        rows.append(_row(twin, image, depth) | {"action": hold})
+        rows.append(observation_row(twin, image, depth) | {"action": hold})
         image, depth = _frames(twin.step(hold).observation)
     episode = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
     return episode, bool(episode["success"][-1])
