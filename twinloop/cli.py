@@ -388,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_reward_commands(rw_sub)
 
+    tr = sub.add_parser("train", help="policy learning: offline pre-training, online fine-tuning")
+    tr_sub = tr.add_subparsers(dest="train_command", required=True, metavar="TRAIN_COMMAND")
+    from twinloop.policy.cli import add_commands as add_train_commands
+
+    add_train_commands(tr_sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 
