@@ -263,10 +263,16 @@ class TanhGaussianActor(nn.Module):
         return action, _log_prob(u, mu, log_std)
 
     def log_prob(self, feats: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        """log pi(action|s) of a given (dataset) action in [-1, 1] (clipped away from +-1)."""
+        """log-likelihood of a given (dataset) action under N(tanh(mu), sigma), in action space.
+
+        For BC and IQL's advantage-weighted regression (CORL's IQL does the same). Not the
+        tanh-squashed density: dataset actions sit exactly at +-1 (a closed gripper, a move at
+        the step limit), where atanh is unbounded and the squashed likelihood is dominated by
+        those entries.
+        """
         mu, log_std = self._dist(feats)
-        a = action.clamp(-1 + 1e-5, 1 - 1e-5)
-        return _log_prob(torch.atanh(a), mu, log_std)
+        z = (action - torch.tanh(mu)) / log_std.exp()
+        return (-0.5 * (z**2 + math.log(2 * math.pi)) - log_std).sum(-1)
 
 
 def _log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
