@@ -69,5 +69,23 @@ TOPICS: dict[str, Topic] = {
             "/twinloop/reward/status", "std_msgs/String", False, "JSON reward rates, latency, drops"
         ),
         Topic("/twinloop/sim/state", "std_msgs/String", False, "twin only: JSON privileged state"),
+        Topic(
+            "/twinloop/policy/weights",
+            "std_msgs/String",
+            False,
+            "JSON {version, path}: new policy weights from learner_node (transient local)",
+        ),
+        Topic(
+            "/twinloop/policy/status",
+            "std_msgs/String",
+            False,
+            "JSON policy_node version, rate, jitter, held-still counts",
+        ),
+        Topic(
+            "/twinloop/learner/status",
+            "std_msgs/String",
+            False,
+            "JSON learner_node version, env steps, updates, buffer, assembly counts",
+        ),
     )
 }

@@ -44,6 +44,8 @@ setup(
             f"teleop_node = {PACKAGE}.teleop_node:main",
             f"recorder_node = {PACKAGE}.recorder_node:main",
             f"reward_node = {PACKAGE}.reward_node:main",
+            f"policy_node = {PACKAGE}.policy_node:main",
+            f"learner_node = {PACKAGE}.learner_node:main",
         ],
     },
 )

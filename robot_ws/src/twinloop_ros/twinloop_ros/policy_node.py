@@ -1,0 +1,285 @@
+"""policy_node: the actor. Runs the current policy at the control rate and publishes /twinloop/action.
+
+A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_learner.md):
+
+- subscribes the observation sources its ObsSpec needs: the camera (sensor QoS), /joint_states,
+  /twinloop/ee_pose and, for ``priv_*`` state keys, the twin's /twinloop/sim/state (a String
+  without a header: its values are stamped with the time they arrive);
+- a timer at ``control_hz`` asks the runner for an action and publishes it on /twinloop/action
+  (sensor_msgs/JointState, ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest
+  observation stamp it was computed from). The safety node turns it into /twinloop/safe_action;
+  this node never publishes safe actions. Without fresh, new observations it publishes nothing
+  (the safety watchdog holds the arm) and counts why;
+- listens for weight announcements on ``weights_topic`` (std_msgs/String JSON
+  ``{"version": n, "path": ...}``, reliable, transient local) and loads them on a background
+  thread; the control timer keeps running while weights load. A file of another
+  observation/action spec is refused (logged) and the old weights stay;
+- publishes ``status_topic`` JSON every ``status_period_s``: version, control rate, timer jitter
+  p50/p99 (ms), actions sent, held-still counts by reason, swaps.
+
+Bad messages and observation-shape changes are logged (throttled) and dropped; the node keeps
+running. Bad parameters (no checkpoint, unknown state keys) end the start with exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from rclpy.node import Node
+from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from twinloop.policy.actor import PolicyRunner
+from twinloop.policy.errors import PolicyError
+from twinloop.policy.obs import TWIN_ACTION_SCALE, ObsSpec
+
+from .conversions import (
+    action_to_msg,
+    json_from_msg,
+    json_to_msg,
+    pose_from_msg,
+    rgb_from_msg,
+    sim_state_from_msg,
+    stamp_from_ns,
+    stamp_to_ns,
+)
+from .errors import RosAdapterError
+from .node_utils import COMMAND_QOS, SENSOR_QOS, exit_if_help, main_exit, params_from_dataclass
+
+__all__ = ["WEIGHTS_QOS", "PolicyNode", "PolicyNodeConfig", "main"]
+
+# Weight announcements: reliable, and the newest one kept for late joiners (a restarted actor).
+WEIGHTS_QOS = QoSProfile(
+    history=QoSHistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=QoSReliabilityPolicy.RELIABLE,
+    durability=QoSDurabilityPolicy.TRANSIENT_LOCAL,
+)
+LOG_PERIOD_S = 2.0  # a bad message or a hold is logged at most this often per kind
+
+
+@dataclass(frozen=True)
+class PolicyNodeConfig:
+    """The node's parameters (one ROS parameter per field)."""
+
+    checkpoint: str = ""  # policy checkpoint (safetensors) to start with; required
+    state_keys: tuple[str, ...] = ("proprio",)  # ObsSpec.state_keys (priv_* needs the twin)
+    image_key: str = ""  # ObsSpec.image_key ("image_color"); "" = state-only policy
+    image_size: int = 0  # ObsSpec.image_size (frames are resized to it)
+    action_scale: tuple[float, ...] = TWIN_ACTION_SCALE  # metric action = policy output * scale
+    fingers: int = 2  # finger joints at the end of /joint_states (gripper opening)
+    control_hz: float = 10.0  # actions per second
+    max_obs_age_s: float = 0.3  # observations older than this are stale: hold still
+    device: str = "cpu"  # torch device of the policy
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    deterministic: bool = True  # the mean action (False: sample from the policy)
+    source: str = "policy"  # header.frame_id of the actions (the safety node's source name)
+    image_topic: str = "/camera/camera/color/image_raw"
+    joint_states_topic: str = "/joint_states"
+    ee_pose_topic: str = "/twinloop/ee_pose"
+    sim_state_topic: str = "/twinloop/sim/state"  # read only for priv_* state keys
+    action_topic: str = "/twinloop/action"
+    weights_topic: str = "/twinloop/policy/weights"
+    status_topic: str = "/twinloop/policy/status"
+    status_period_s: float = 1.0  # seconds between two status messages
+
+    def __post_init__(self) -> None:
+        if not self.checkpoint:
+            msg = "checkpoint must name a policy checkpoint (safetensors)"
+            raise RosAdapterError(msg)
+        for name in ("control_hz", "max_obs_age_s", "status_period_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                msg = f"{name} must be > 0, got {value}"
+                raise RosAdapterError(msg)
+        if self.threads < 0:
+            msg = f"threads must be >= 0, got {self.threads}"
+            raise RosAdapterError(msg)
+        if self.action_topic == "/twinloop/safe_action":
+            msg = "policy_node publishes /twinloop/action; only safety_node makes safe actions"
+            raise RosAdapterError(msg)
+
+    def obs_spec(self) -> ObsSpec:
+        return ObsSpec(
+            state_keys=tuple(k for k in self.state_keys if k),
+            image_key=self.image_key,
+            image_size=self.image_size,
+            action_scale=self.action_scale,
+            fingers=self.fingers,
+        )
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        self.cfg = cfg = params_from_dataclass(self, PolicyNodeConfig)
+        if cfg.threads:
+            import torch
+
+            torch.set_num_threads(cfg.threads)
+        t0 = time.perf_counter()
+        self.runner = PolicyRunner(
+            cfg.checkpoint,
+            cfg.obs_spec(),
+            device=cfg.device,
+            max_obs_age_s=cfg.max_obs_age_s,
+            deterministic=cfg.deterministic,
+        )
+        self._pub = self.create_publisher(JointState, cfg.action_topic, COMMAND_QOS)
+        self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
+        sources = self.runner.observations.sources
+        if "image" in sources:
+            self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS)
+        if "joints" in sources:
+            self.create_subscription(
+                JointState, cfg.joint_states_topic, self._on_joints, SENSOR_QOS
+            )
+        if "ee_pose" in sources:
+            self.create_subscription(PoseStamped, cfg.ee_pose_topic, self._on_pose, SENSOR_QOS)
+        if "priv" in sources:
+            self.create_subscription(String, cfg.sim_state_topic, self._on_sim_state, COMMAND_QOS)
+        self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
+        self._last_log: dict[str, float] = {}
+        self._ticks: deque[float] = deque(maxlen=512)  # monotonic times of timer callbacks
+        self._sent: deque[float] = deque(maxlen=512)  # monotonic times of published actions
+        self._pending: Future[int] | None = None
+        self._wanted: tuple[int, str] | None = None  # newest announced, not yet loading
+        self.create_timer(1.0 / cfg.control_hz, self._tick)
+        self.create_timer(cfg.status_period_s, self._publish_status)
+        self.get_logger().info(
+            f"policy {cfg.checkpoint} ({time.perf_counter() - t0:.1f} s) on {cfg.device}: "
+            f"{list(sources)} -> {cfg.action_topic} at {cfg.control_hz:g} Hz, weights from "
+            f"{cfg.weights_topic}"
+        )
+
+    def destroy_node(self) -> None:
+        self.runner.close()
+        super().destroy_node()
+
+    def _now(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
+    def _warn(self, kind: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log.get(kind, -math.inf) >= LOG_PERIOD_S:
+            self._last_log[kind] = now
+            self.get_logger().warning(text)
+
+    # ----- observations ------------------------------------------------------------------------
+    def _update(self, kind: str, update: Any) -> None:
+        try:
+            update()
+        except (PolicyError, RosAdapterError) as err:
+            self._warn(f"bad_{kind}", f"dropping a {kind} message: {err}")
+
+    def _on_image(self, msg: Image) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._update(
+            "image", lambda: self.runner.observations.update_image(rgb_from_msg(msg), stamp)
+        )
+
+    def _on_joints(self, msg: JointState) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        pos, vel = np.asarray(msg.position, float), np.asarray(msg.velocity, float)
+        self._update("joint state", lambda: self.runner.observations.update_joints(pos, vel, stamp))
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        def update() -> None:
+            pos, quat = pose_from_msg(msg)
+            pose = np.concatenate([pos, quat])
+            self.runner.observations.update_ee_pose(pose, stamp_to_ns(msg.header.stamp))
+
+        self._update("ee pose", update)
+
+    def _on_sim_state(self, msg: String) -> None:
+        now = self._now()  # the String has no header: stamped on arrival
+
+        def update() -> None:
+            state = sim_state_from_msg(msg)["privileged_state"]
+            self.runner.observations.update_privileged(state, now)
+
+        self._update("sim state", update)
+
+    # ----- control -------------------------------------------------------------------------------
+    def _tick(self) -> None:
+        self._ticks.append(time.monotonic())
+        try:
+            action = self.runner.act(self._now())
+        except PolicyError as err:
+            self._warn("error", f"holding still: {err}")
+            return
+        if action is None:
+            self._warn("hold", f"holding still ({self.runner.last_hold})")
+            return
+        msg = action_to_msg(action.metric, stamp=stamp_from_ns(action.stamp_ns))
+        msg.header.frame_id = self.cfg.source
+        self._pub.publish(msg)
+        self._sent.append(time.monotonic())
+
+    # ----- weights -------------------------------------------------------------------------------
+    def _on_weights(self, msg: String) -> None:
+        try:
+            payload = json_from_msg(msg)
+            version, path = int(payload["version"]), str(payload["path"])
+        except (RosAdapterError, KeyError, TypeError, ValueError) as err:
+            self._warn("weights", f"dropping a weights announcement: {err}")
+            return
+        if version <= self.runner.version:
+            return
+        self._wanted = (version, path)
+        self._start_swap()
+
+    def _start_swap(self) -> None:
+        if self._wanted is None or (self._pending is not None and not self._pending.done()):
+            return  # the newest announcement is loaded when the running load ends
+        version, path = self._wanted
+        self._wanted = None
+        if version <= self.runner.version:
+            return
+        self._pending = self.runner.swap_in_background(path, version)
+        self._pending.add_done_callback(self._on_swapped)
+
+    def _on_swapped(self, future: Future[int]) -> None:
+        err = future.exception()
+        if err is not None:
+            self.get_logger().error(f"keeping weights v{self.runner.version}: {err}")
+        else:
+            self.get_logger().info(f"weights v{future.result()} in use")
+        self._start_swap()
+
+    # ----- status --------------------------------------------------------------------------------
+    def _publish_status(self) -> None:
+        periods = np.diff(np.asarray(self._ticks)) if len(self._ticks) > 2 else np.zeros(0)
+        target = 1.0 / self.cfg.control_hz
+        jitter = np.abs(periods - target) * 1e3
+        now = time.monotonic()
+        sent = [t for t in self._sent if now - t <= 5.0]
+        gaps = np.diff(np.asarray(sent)) if len(sent) > 1 else np.zeros(0)
+        status: dict[str, Any] = {
+            **self.runner.status(),
+            "rate_hz": round(len(periods) / float(periods.sum()), 3) if len(periods) else 0.0,
+            "action_rate_hz": round(len(sent) / 5.0, 3),
+            "jitter_ms": {
+                "p50": round(float(np.percentile(jitter, 50)), 3) if len(jitter) else 0.0,
+                "p99": round(float(np.percentile(jitter, 99)), 3) if len(jitter) else 0.0,
+            },
+            "max_action_gap_s": round(float(gaps.max()), 3) if len(gaps) else None,
+            "loading": self._pending is not None and not self._pending.done(),
+        }
+        self._status_pub.publish(json_to_msg(status))
+
+
+def main() -> None:
+    exit_if_help(__doc__, PolicyNodeConfig)
+    main_exit(PolicyNode)
+
+
+if __name__ == "__main__":
+    main()
