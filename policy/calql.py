@@ -75,9 +75,13 @@ class CalQLConfig:
     enable_calql: bool = True  # clip policy-action Q below by mc_return (False: plain CQL)
     calibrate_online: bool = True  # keep the MC lower bound online (False: plain CQL online)
     offline_fraction: float = 0.5  # share of offline rows per online batch (trainer's sampler)
+    bc_steps: int = 0  # first N updates train the actor by behaviour cloning (CORL bc_steps)
 
     def __post_init__(self) -> None:
         check_common(self.gamma, self.batch_size, self.hidden)
+        if self.bc_steps < 0:
+            msg = f"bc_steps must be >= 0, got {self.bc_steps}"
+            raise PolicyError(msg)
         _check_positive(
             self, ("actor_lr", "critic_lr", "temperature_lr", "init_temperature", "cql_temp")
         )
@@ -211,10 +215,28 @@ class CalQL(SoftActorCritic):
         batch = check_batch(batch, self.spec, self.device)
         log: dict[str, torch.Tensor] = {}
         feats = self._update_critic(batch, log)
-        logp = self._update_policy(feats, log)
+        if self.total_updates < self.config.bc_steps and not self.online:
+            logp = self._update_policy_bc(feats, batch.action, log)
+        else:
+            logp = self._update_policy(feats, log)
         self._update_temperature(logp, log)
         self.total_updates += 1
         return self._floats(log)
+
+    def _update_policy_bc(
+        self, feats: torch.Tensor, action: torch.Tensor, log: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Warm-up actor step: alpha log pi(pi(s)|s) - log pi(a_data|s) (CORL's bc_steps)."""
+        _, logp = self.actor(feats)
+        if logp is None:
+            msg = "actor returned no log-probability"
+            raise PolicyError(msg)
+        loss = (self.alpha * logp - self.actor.log_prob(feats, action)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_opt.step()
+        log.update(actor_loss=loss.detach(), entropy=-logp.detach().mean())
+        return logp.detach()
 
     def _sample_policy(
         self, feats: torch.Tensor, next_feats: torch.Tensor

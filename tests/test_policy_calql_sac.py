@@ -311,3 +311,23 @@ def test_registry_builds_both_and_round_trips_configs() -> None:
         assert config_from_dict(config.type, values) == config
     with pytest.raises(PolicyError, match="unknown calql config keys"):
         config_from_dict("calql", {"cql_alpah": 1.0})
+
+
+def test_calql_bc_warmup_clones_data_actions_then_switches() -> None:
+    torch.manual_seed(0)
+    spec = EncoderSpec(state_dim=S, action_dim=A)
+    algo = CalQL(
+        spec, CalQLConfig(batch_size=32, bc_steps=3, cql_n_actions=2), device=torch.device("cpu")
+    )
+    batch = make_batch(32)
+    logs = [algo.update(batch) for _ in range(4)]
+    assert all("q_pi" not in log for log in logs[:3])  # warm-up: log pi(a_data|s), no Q
+    assert "q_pi" in logs[3]
+    algo.set_online(True)  # online never clones, whatever the step
+    fresh = CalQL(
+        spec, CalQLConfig(batch_size=32, bc_steps=100, cql_n_actions=2), device=torch.device("cpu")
+    )
+    fresh.set_online(True)
+    assert "q_pi" in fresh.update(batch)
+    with pytest.raises(PolicyError, match="bc_steps"):
+        CalQLConfig(bc_steps=-1)

@@ -1,0 +1,828 @@
+"""Benchmark the RL learner: gradient updates/s of IQL, Cal-QL and SAC vs a plain reference.
+
+Measures, side by side in one run on this machine:
+
+1. Gradient updates per second at batch ``--batch`` (256) for every algorithm and input kind:
+   *state* (state_dim 20, action 5) and *image* (84x84 RGB uint8 + the state, the small CNN
+   encoder with DrQ random shifts). *Ours*: ``twinloop.policy.make_algorithm(type, spec)`` and
+   its ``update(batch)``. *Reference*: a straightforward single-file implementation written
+   here in the CORL style (separate ``nn.Linear`` critics looped over in Python, one module per
+   critic, the same widths, number of critics, sampled actions and image CNN shape). Both run on
+   the same fixed batch (sampling is not timed), interleaved in rounds (ours, ref / ref, ours,
+   order flipped every round); the table shows the median over rounds of each one's rate and of
+   the per-round ratio. UTD at 10 Hz = ours updates/s / 10: the update-to-data ratio the device
+   sustains while a robot produces 10 transitions per second.
+2. The actor's control-loop jitter at 10 Hz: a loop calls ``algo.act()`` on a fresh obs
+   (state + image, batch 1) every 100 ms, while a learner (another process, or a thread with
+   ``--learner thread``) trains the image policy and saves a checkpoint every ~2 s with
+   ``save_checkpoint``; a loader thread in the actor's process loads it (``load_checkpoint``)
+   and swaps it in by a reference assignment. Reported: period p50/p99/max deviation from
+   100 ms, the ``act`` time and the number of weight swaps; once with no learner as a baseline.
+
+``--device cuda`` puts the batches and networks on the GPU and synchronises around each timed
+window. Results go to benchmarks/RESULTS.md, into this script's own section per device
+(rewritten in place); ``--results FILE`` writes elsewhere, ``--no-write`` prints only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import datetime as dt
+import functools
+import importlib.util
+import math
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from twinloop.policy.base import load_checkpoint, make_algorithm, save_checkpoint
+from twinloop.policy.common import Batch
+from twinloop.policy.networks import EncoderSpec
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+ALGOS = ("iql", "calql", "sac")
+INPUTS = ("state", "image")
+STATE_DIM, ACTION_DIM, IMAGE_SIZE = 20, 5, 84
+CONTROL_HZ = 10.0
+TARGET_RATIO = 1.0  # ours / reference updates per second, from the issue
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"[bench] {text}\n")
+    sys.stderr.flush()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ----- the reference: plain single-file PyTorch, CORL style -----------------------------------
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+def ref_mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        in_dim = h
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def ref_shift(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """DrQ random shift: replicate-pad, then one grid_sample with an integer offset per image."""
+    n, _, h, _ = x.shape  # square images
+    x = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+    eps = 1.0 / (h + 2 * pad)
+    arange = torch.linspace(-1.0 + eps, 1.0 - eps, h + 2 * pad, device=x.device)[:h]
+    arange = arange.unsqueeze(0).repeat(h, 1).unsqueeze(2)
+    base_grid = torch.cat([arange, arange.transpose(1, 0)], dim=2).unsqueeze(0)
+    shift = torch.randint(0, 2 * pad + 1, (n, 1, 1, 2), device=x.device).float()
+    grid = base_grid.repeat(n, 1, 1, 1) + shift * (2.0 / (h + 2 * pad))
+    return F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+
+
+class RefEncoder(nn.Module):
+    """[CNN(image) -> Linear -> LayerNorm -> tanh, state] or the state alone."""
+
+    def __init__(self, state_dim: int, image_size: int, channels: int = 32, feats: int = 50):
+        super().__init__()
+        self.image_size = image_size
+        self.out_dim = state_dim
+        if image_size:
+            self.convs = nn.Sequential(
+                nn.Conv2d(3, channels, 3, stride=2), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3), nn.ReLU(),
+                nn.Conv2d(channels, channels, 3), nn.ReLU(),
+            )  # fmt: skip
+            side = (image_size - 3) // 2 + 1 - 6
+            self.head = nn.Sequential(
+                nn.Linear(channels * side * side, feats), nn.LayerNorm(feats), nn.Tanh()
+            )
+            self.out_dim += feats
+
+    def forward(self, obs: dict[str, torch.Tensor], augment: bool = False) -> torch.Tensor:
+        if not self.image_size:
+            return obs["state"]
+        x = obs["image"].float() / 255.0
+        if augment:
+            x = ref_shift(x, 4)
+        z = self.head(self.convs(x - 0.5).flatten(1))
+        return torch.cat([z, obs["state"]], dim=-1)
+
+
+class RefActor(nn.Module):
+    def __init__(self, in_dim: int, action_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        self.net = ref_mlp(in_dim, hidden, 2 * action_dim)
+
+    def dist(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(feats).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1)
+        return mu, log_std.exp()
+
+    def sample(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, std = self.dist(feats)
+        normal = torch.distributions.Normal(mu, std)
+        u = normal.rsample()
+        action = torch.tanh(u)
+        logp = normal.log_prob(u).sum(-1) - torch.log(1 - action.pow(2) + 1e-6).sum(-1)
+        return action, logp
+
+    def log_prob(self, feats: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        mu, std = self.dist(feats)
+        action = action.clamp(-1 + 1e-5, 1 - 1e-5)
+        u = torch.atanh(action)
+        normal = torch.distributions.Normal(mu, std)
+        return normal.log_prob(u).sum(-1) - torch.log(1 - action.pow(2) + 1e-6).sum(-1)
+
+
+class RefBase:
+    """Encoder, actor, ``n`` separate critics (+ targets); the pieces every reference shares."""
+
+    def __init__(self, spec: EncoderSpec, n_critics: int, hidden: Sequence[int], device: Any):
+        self.device = device
+        self.encoder = RefEncoder(spec.state_dim, spec.image_size, spec.channels, spec.features)
+        self.encoder.to(device)
+        feat, a = self.encoder.out_dim, spec.action_dim
+        self.actor = RefActor(feat, a, hidden).to(device)
+        self.critics = nn.ModuleList(ref_mlp(feat + a, hidden, 1) for _ in range(n_critics))
+        self.critics.to(device)
+        self.targets = copy.deepcopy(self.critics).requires_grad_(False)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=3e-4)
+        self.critic_opt = torch.optim.Adam(
+            [*self.critics.parameters(), *self.encoder.parameters()], lr=3e-4
+        )
+        self.gamma, self.tau = 0.99, 0.005
+
+    @staticmethod
+    def q(net: nn.Module, feats: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return net(torch.cat([feats, action], dim=-1)).squeeze(-1)
+
+    def soft_update(self) -> None:
+        with torch.no_grad():
+            for t, s in zip(self.targets.parameters(), self.critics.parameters(), strict=True):
+                t.data.mul_(1 - self.tau).add_(s.data, alpha=self.tau)
+
+    @staticmethod
+    def floats(log: dict[str, torch.Tensor]) -> dict[str, float]:
+        values = torch.stack([v.detach().float() for v in log.values()]).tolist()
+        return dict(zip(log, values, strict=True))
+
+
+class RefIQL(RefBase):
+    def __init__(self, spec: EncoderSpec, device: Any):
+        super().__init__(spec, 2, (256, 256), device)
+        self.value = ref_mlp(self.encoder.out_dim, (256, 256), 1).to(device)
+        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=3e-4)
+
+    def update(self, b: Batch) -> dict[str, float]:
+        feats = self.encoder(b.obs, augment=True)
+        with torch.no_grad():
+            next_v = self.value(self.encoder(b.next_obs, augment=True)).squeeze(-1)
+        f = feats.detach()
+        # value: expectile regression on the min target critic
+        with torch.no_grad():
+            target_q = torch.min(torch.stack([self.q(t, f, b.action) for t in self.targets]), 0)[0]
+        v = self.value(f).squeeze(-1)
+        adv = target_q - v
+        v_loss = (torch.abs(0.7 - (adv < 0).float()) * adv**2).mean()
+        self.value_opt.zero_grad()
+        v_loss.backward()
+        self.value_opt.step()
+        # critics
+        target = b.reward + self.gamma * (1.0 - b.done) * next_v
+        q_loss = torch.stack([F.mse_loss(self.q(c, feats, b.action), target) for c in self.critics])
+        q_loss = q_loss.sum()
+        self.critic_opt.zero_grad()
+        q_loss.backward()
+        self.critic_opt.step()
+        self.soft_update()
+        # actor: advantage-weighted regression
+        weights = torch.exp(3.0 * adv.detach()).clamp(max=100.0)
+        actor_loss = -(weights * self.actor.log_prob(f, b.action)).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        return self.floats({"value_loss": v_loss, "q_loss": q_loss, "actor_loss": actor_loss})
+
+
+class RefSAC(RefBase):
+    backup_entropy = True
+
+    def __init__(self, spec: EncoderSpec, device: Any, *, n_critics: int = 2):
+        super().__init__(spec, n_critics, (256, 256), device)
+        self.log_alpha = torch.zeros((), device=device, requires_grad=True)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=3e-4)
+        self.target_entropy = -float(spec.action_dim)
+
+    def update(self, b: Batch) -> dict[str, float]:
+        feats = self.encoder(b.obs, augment=True)
+        with torch.no_grad():
+            next_feats = self.encoder(b.next_obs, augment=True)
+        critic_loss = self.critic_loss(b, feats, next_feats)
+        self.critic_opt.zero_grad()
+        critic_loss.backward()
+        self.critic_opt.step()
+        self.soft_update()
+        f = feats.detach()
+        alpha = self.log_alpha.exp().detach()
+        action, logp = self.actor.sample(f)
+        q_pi = torch.min(torch.stack([self.q(c, f, action) for c in self.critics]), 0)[0]
+        actor_loss = (alpha * logp - q_pi).mean()
+        self.actor_opt.zero_grad()
+        actor_loss.backward()
+        self.actor_opt.step()
+        alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad()
+        alpha_loss.backward()
+        self.alpha_opt.step()
+        return self.floats(
+            {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha_loss": alpha_loss}
+        )
+
+    def critic_loss(self, b: Batch, feats: torch.Tensor, next_feats: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            next_a, next_logp = self.actor.sample(next_feats)
+            next_qs = [self.q(t, next_feats, next_a) for t in self.targets]
+            next_q = torch.min(torch.stack(next_qs), 0)[0]
+            if self.backup_entropy:
+                next_q = next_q - self.log_alpha.exp() * next_logp
+            target = b.reward + self.gamma * (1.0 - b.done) * next_q
+        losses = [F.mse_loss(self.q(c, feats, b.action), target) for c in self.critics]
+        return torch.stack(losses).sum()
+
+
+class RefCalQL(RefSAC):
+    """CQL(H) with importance sampling and the Cal-QL lower bound, as in CORL's cal_ql.py."""
+
+    backup_entropy = False
+    n_actions, cql_alpha = 10, 5.0
+
+    def _q_repeat(self, net: nn.Module, feats: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        b, n, _ = actions.shape
+        rep = feats.unsqueeze(1).repeat(1, n, 1).view(b * n, -1)
+        return self.q(net, rep, actions.view(b * n, -1)).view(b, n)
+
+    def critic_loss(self, b: Batch, feats: torch.Tensor, next_feats: torch.Tensor) -> torch.Tensor:
+        bellman = super().critic_loss(b, feats, next_feats)
+        bs, n, a = b.action.shape[0], self.n_actions, b.action.shape[1]
+        with torch.no_grad():
+            rand_a = torch.empty(bs, n, a, device=self.device).uniform_(-1, 1)
+            f_rep = feats.detach().unsqueeze(1).repeat(1, n, 1).view(bs * n, -1)
+            nf_rep = next_feats.unsqueeze(1).repeat(1, n, 1).view(bs * n, -1)
+            cur_a, cur_logp = self.actor.sample(f_rep)
+            next_a, next_logp = self.actor.sample(nf_rep)
+            cur_a, next_a = cur_a.view(bs, n, a), next_a.view(bs, n, a)
+            cur_logp, next_logp = cur_logp.view(bs, n), next_logp.view(bs, n)
+        bound = b.mc_return.unsqueeze(-1)
+        loss = bellman
+        for critic in self.critics:
+            q_data = self.q(critic, feats, b.action)
+            q_rand = self._q_repeat(critic, feats, rand_a)
+            q_cur = torch.maximum(self._q_repeat(critic, feats, cur_a), bound)
+            q_next = torch.maximum(self._q_repeat(critic, feats, next_a), bound)
+            cat = torch.cat(
+                [q_rand - a * math.log(0.5), q_next - next_logp, q_cur - cur_logp], dim=1
+            )
+            loss = loss + self.cql_alpha * (torch.logsumexp(cat, dim=1) - q_data).mean()
+        return loss
+
+
+def make_reference(algo: str, spec: EncoderSpec, device: torch.device) -> Any:
+    if algo == "iql":
+        return RefIQL(spec, device)
+    if algo == "calql":
+        return RefCalQL(spec, device)
+    return RefSAC(spec, device)
+
+
+# ----- data ------------------------------------------------------------------------------------
+def make_spec(kind: str) -> EncoderSpec:
+    return EncoderSpec(STATE_DIM, ACTION_DIM, image_size=IMAGE_SIZE if kind == "image" else 0)
+
+
+def random_obs(spec: EncoderSpec, n: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    obs = {"state": torch.randn(n, spec.state_dim, generator=gen)}
+    if spec.uses_image:
+        size = (n, 3, spec.image_size, spec.image_size)
+        obs["image"] = torch.randint(0, 256, size, generator=gen, dtype=torch.uint8)
+    return obs
+
+
+def random_batch(spec: EncoderSpec, n: int, device: torch.device, seed: int = 0) -> Batch:
+    """A fixed batch on ``device`` (GPU-resident on cuda): sampling is not what is timed."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = Batch(
+        obs=random_obs(spec, n, gen),
+        action=torch.rand(n, spec.action_dim, generator=gen) * 2 - 1,
+        reward=-(torch.rand(n, generator=gen) < 0.9).float(),
+        next_obs=random_obs(spec, n, gen),
+        done=(torch.rand(n, generator=gen) < 0.1).float(),
+        mc_return=-torch.rand(n, generator=gen) * 50,
+    )
+    return batch.to(device)
+
+
+# ----- 1. updates per second -------------------------------------------------------------------
+def rate(update: Callable[[], object], seconds: float, device: torch.device) -> float:
+    """Updates per second over a window of at least ``seconds`` and at least one update."""
+    sync(device)
+    t0 = time.perf_counter()
+    n = 0
+    while True:
+        update()
+        n += 1
+        if time.perf_counter() - t0 >= seconds:
+            break
+    sync(device)
+    return n / (time.perf_counter() - t0)
+
+
+@dataclass
+class UpdateCase:
+    algo: str
+    kind: str
+    ours: list[float] = field(default_factory=list)  # updates/s per round
+    ref: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [o / r for o, r in zip(self.ours, self.ref, strict=True)]
+
+
+def run_updates(args: argparse.Namespace) -> list[UpdateCase]:
+    cases = []
+    contenders: list[tuple[UpdateCase, Callable[[], object], Callable[[], object]]] = []
+    for kind in args.inputs:
+        spec = make_spec(kind)
+        batch = random_batch(spec, args.batch, args.device)
+        for algo in args.algos:
+            ours = make_algorithm(algo, spec, device=args.device, seed=0)
+            torch.manual_seed(0)
+            ref = make_reference(algo, spec, args.device)
+            case = UpdateCase(algo, kind)
+            cases.append(case)
+            contenders.append(
+                (case, functools.partial(ours.update, batch), functools.partial(ref.update, batch))
+            )
+            for fn in (contenders[-1][1], contenders[-1][2]):  # warm-up (allocator, kernels)
+                fn()
+    for rnd in range(args.rounds):
+        log(f"round {rnd + 1}/{args.rounds}")
+        for case, ours_fn, ref_fn in contenders:
+            order = [("ours", ours_fn), ("ref", ref_fn)]
+            for who, fn in order if rnd % 2 == 0 else order[::-1]:
+                getattr(case, who).append(rate(fn, args.seconds, args.device))
+    return cases
+
+
+# ----- 2. control-loop jitter while a learner trains ------------------------------------------
+@dataclass
+class JitterResult:
+    learner: str  # "none", "process" or "thread"
+    periods_ms: list[float] = field(default_factory=list)
+    act_ms: list[float] = field(default_factory=list)
+    swaps: int = 0
+    load_ms: list[float] = field(default_factory=list)
+    learner_updates: int = 0
+    checkpoints: int = 0
+
+    def deviation(self, q: float) -> float:
+        dev = [abs(p - 1e3 / CONTROL_HZ) for p in self.periods_ms]
+        return float(np.percentile(dev, q)) if dev else float("nan")
+
+
+def learner_loop(
+    path: str,
+    algo: str,
+    batch_size: int,
+    device: str,
+    threads: int,
+    save_every: float,
+    stop: Any,
+    counters: Any,
+) -> None:
+    """Train ``algo`` on image inputs; save a checkpoint every ``save_every`` s until ``stop``."""
+    if threads:  # 0: a thread in the actor's process shares its torch threads
+        torch.set_num_threads(threads)
+    spec = make_spec("image")
+    learner = make_algorithm(algo, spec, device=device, seed=1)
+    batch = random_batch(spec, batch_size, torch.device(device), seed=1)
+    last = time.monotonic()
+    while not stop.is_set():
+        learner.update(batch)
+        counters[0] += 1
+        if time.monotonic() - last >= save_every:
+            save_checkpoint(learner, path, extra={"updates": counters[0]})
+            counters[1] += 1
+            last = time.monotonic()
+
+
+class PolicyHolder:
+    """The actor's current policy; a loader thread replaces it when a new checkpoint appears."""
+
+    def __init__(self, algo: Any, path: Path, device: torch.device) -> None:
+        self.algo = algo
+        self.type = str(algo.config.type)
+        self.spec = algo.spec
+        self.path = path
+        self.device = device
+        self.swaps = 0
+        self.load_ms: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="policy-loader", daemon=True)
+
+    def _watch(self) -> None:
+        seen = 0
+        while not self._stop.wait(0.05):
+            try:
+                stamp = self.path.stat().st_mtime_ns
+            except FileNotFoundError:
+                continue
+            if stamp == seen:
+                continue
+            seen = stamp
+            t0 = time.perf_counter()
+            algo, _ = load_checkpoint(
+                self.path, device=self.device, expect_type=self.type, expect_spec=self.spec
+            )
+            self.load_ms.append(1e3 * (time.perf_counter() - t0))
+            self.algo = algo  # the swap: one reference assignment
+            self.swaps += 1
+
+    def __enter__(self) -> PolicyHolder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def control_loop(holder: PolicyHolder, seconds: float, device: torch.device) -> JitterResult:
+    """Every 100 ms (absolute schedule, like a ROS timer): fresh obs -> ``act``; periods."""
+    result = JitterResult("")
+    spec = make_spec("image")
+    rng = np.random.default_rng(0)
+    period = 1.0 / CONTROL_HZ
+    t0 = time.perf_counter() + period
+    last = None
+    k = 0
+    while True:
+        due = t0 + k * period
+        if due - t0 >= seconds:
+            break
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        start = time.perf_counter()
+        if last is not None:
+            result.periods_ms.append(1e3 * (start - last))
+        last = start
+        obs = {
+            "state": torch.from_numpy(rng.standard_normal((1, spec.state_dim), dtype=np.float32)),
+            "image": torch.from_numpy(
+                rng.integers(0, 256, (1, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+            ),
+        }
+        holder.algo.act(obs)
+        sync(device)
+        result.act_ms.append(1e3 * (time.perf_counter() - start))
+        k += 1
+    return result
+
+
+def run_jitter(args: argparse.Namespace, mode: str, workdir: Path) -> JitterResult:
+    """The 10 Hz actor loop with ``mode`` = none (baseline), process or thread learner."""
+    spec = make_spec("image")
+    algo = args.jitter_algo
+    path = workdir / f"policy-{mode}.safetensors"
+    actor = make_algorithm(algo, spec, device=args.device, seed=0)
+    learner_args = (path, algo, args.batch, str(args.device), args.threads, args.save_every)
+    worker: Any = None
+    stop: Any = None
+    counters: Any = [0, 0]
+    if mode == "process":
+        ctx = mp.get_context("spawn")
+        stop, counters = ctx.Event(), ctx.Array("q", 2, lock=False)
+        worker = ctx.Process(target=learner_loop, args=(*learner_args, stop, counters))
+    elif mode == "thread":  # one process: torch's intra-op threads are shared with the actor
+        torch.set_num_threads(args.threads)
+        stop = threading.Event()
+        learner_args = (*learner_args[:4], 0, args.save_every)
+        worker = threading.Thread(target=learner_loop, args=(*learner_args, stop, counters))
+    if worker is not None:
+        worker.start()
+        deadline = time.monotonic() + 120
+        while counters[0] == 0 and time.monotonic() < deadline:  # learner up and training
+            time.sleep(0.05)
+    try:
+        with PolicyHolder(actor, path, args.device) as holder:
+            result = control_loop(holder, args.jitter_seconds, args.device)
+    finally:
+        if worker is not None:
+            stop.set()
+            worker.join(timeout=120)
+        torch.set_num_threads(1)
+    result.learner = mode
+    result.swaps, result.load_ms = holder.swaps, holder.load_ms
+    result.learner_updates, result.checkpoints = int(counters[0]), int(counters[1])
+    return result
+
+
+# ----- report ------------------------------------------------------------------------------------
+def med(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(values, q)) if len(values) else float("nan")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_rev() -> str:
+    def git(*cmd: str) -> str:
+        out = subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+
+    try:
+        rev = git("rev-parse", "--short", "HEAD")
+        return rev + (" (uncommitted changes)" if git("status", "--porcelain") else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine(args: argparse.Namespace, load: tuple[float, float]) -> list[str]:
+    lines = [
+        f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {git_rev()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}",
+    ]
+    if args.device.type == "cuda":
+        lines.append(
+            f"- GPU: {torch.cuda.get_device_name(args.device)}, CUDA {torch.version.cuda}, fp32"
+        )
+    lines += [
+        f"- Python {platform.python_version()}, torch {torch.__version__} ({args.threads} CPU "
+        f"thread{'s' if args.threads > 1 else ''} for the learner), numpy {np.__version__}",
+        f"- Machine load (shared with other work): load average {load[0]:.2f} before, "
+        f"{load[1]:.2f} after (1 min)",
+    ]
+    return lines
+
+
+def verdict(ok: bool) -> str:
+    return "meets target" if ok else "**misses target**"
+
+
+def report(
+    args: argparse.Namespace,
+    cases: list[UpdateCase],
+    jitter: list[JitterResult],
+    elapsed: float,
+    load: tuple[float, float],
+) -> str:
+    mode = "quick run (--quick)" if args.quick else "full run"
+    cmd = " ".join(["python", "benchmarks/learner.py", *sys.argv[1:]])
+    lines = [
+        f"## benchmarks/learner.py ({args.device.type}): learner updates/s and actor jitter",
+        "",
+        f"`{cmd}` ({mode}, {elapsed:.0f} s).",
+        "",
+        *machine(args, load),
+        "",
+        "### 1. Gradient updates per second, ours vs a plain reference",
+        "",
+        f"Batch {args.batch}; *state*: state_dim {STATE_DIM}, action {ACTION_DIM}; *image*: "
+        f"{IMAGE_SIZE}x{IMAGE_SIZE} RGB uint8 + the state, the small CNN (4 conv x 32, then "
+        "Linear 50 + LayerNorm + tanh) trained through the critic with DrQ shifts (pad 4) on "
+        "obs and next obs. One update = every network's gradient step and the target update. "
+        "*Ours*: `make_algorithm(type, spec).update(batch)` with the default configs (IQL 2 "
+        "critics; Cal-QL 2 critics, 10 sampled actions per kind, alpha 5; SAC 2 critics, UTD 1), "
+        "critics as one batched ensemble. *Reference*: plain PyTorch written in this script, "
+        "CORL style: one `nn.Sequential` of `nn.Linear` per critic, looped over in Python, "
+        "the same widths (256, 256), critics, sampled actions and CNN; it returns its losses "
+        "with one device sync as ours does. Same fixed batch for both, "
+        f"{args.rounds} rounds of >= {args.seconds:g} s each, alternating (order flipped every "
+        "round); figures are medians over rounds, *range* is the per-round ratios. "
+        f"UTD @ {CONTROL_HZ:g} Hz = ours updates/s / {CONTROL_HZ:g}.",
+        "",
+        "| algo | input | ours (upd/s) | reference (upd/s) | ratio | range | "
+        f"UTD @ {CONTROL_HZ:g} Hz | target |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for c in cases:
+        ratio = med(c.ratios)
+        lines.append(
+            f"| {c.algo} | {c.kind} | {med(c.ours):.2f} | {med(c.ref):.2f} | {ratio:.2f}x | "
+            f"{min(c.ratios):.2f}-{max(c.ratios):.2f} | {med(c.ours) / CONTROL_HZ:.2f} | "
+            f">= {TARGET_RATIO:g}x: {verdict(ratio >= TARGET_RATIO)} |"
+        )
+    if jitter:
+        lines += [
+            "",
+            f"### 2. Actor control loop at {CONTROL_HZ:g} Hz while the learner trains",
+            "",
+            f"The actor ({args.device.type}, 1 torch thread in the main process) wakes on an "
+            f"absolute {1e3 / CONTROL_HZ:.0f} ms schedule, builds a fresh obs (state + "
+            f"{IMAGE_SIZE}x{IMAGE_SIZE} image, batch 1) and calls `{args.jitter_algo}.act()`; "
+            f"period = time between two wake-ups, deviation = |period - {1e3 / CONTROL_HZ:.0f} "
+            f"ms|. The learner trains {args.jitter_algo} on images (batch {args.batch}, "
+            f"{args.threads} thread(s)) and saves `save_checkpoint` every >= {args.save_every:g} s; "
+            "a loader thread in the actor's process sees the new file, `load_checkpoint`s it "
+            "and swaps the policy in (a reference assignment). "
+            f"{args.jitter_seconds:g} s per row.",
+            "",
+            "| learner | ticks | period p50 (ms) | deviation p50 / p99 / max (ms) | "
+            "act p50 / p99 (ms) | learner updates | checkpoints | weight swaps | load p50 (ms) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for j in jitter:
+            lines.append(
+                f"| {j.learner} | {len(j.periods_ms)} | {pct(j.periods_ms, 50):.1f} | "
+                f"{j.deviation(50):.1f} / {j.deviation(99):.1f} / {j.deviation(100):.1f} | "
+                f"{pct(j.act_ms, 50):.1f} / {pct(j.act_ms, 99):.1f} | {j.learner_updates} | "
+                f"{j.checkpoints} | {j.swaps} | {pct(j.load_ms, 50):.0f} |"
+            )
+    lines += ["", "**Reading.** " + reading(args, cases, jitter)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def reading(args: argparse.Namespace, cases: list[UpdateCase], jitter: list[JitterResult]) -> str:
+    parts = []
+    for kind in args.inputs:
+        kc = [c for c in cases if c.kind == kind]
+        if not kc:
+            continue
+        text = ", ".join(
+            f"{c.algo} {med(c.ratios):.2f}x ({med(c.ours):.1f} vs {med(c.ref):.1f} upd/s)"
+            for c in kc
+        )
+        misses = [c.algo for c in kc if med(c.ratios) < TARGET_RATIO]
+        parts.append(
+            f"With {kind} inputs ours vs the reference: {text}; "
+            + (
+                f"below {TARGET_RATIO:g}x: {', '.join(misses)}."
+                if misses
+                else "all meet the target."
+            )
+        )
+    image = [c for c in cases if c.kind == "image"]
+    if image:
+        best = max(image, key=lambda c: med(c.ours))
+        parts.append(
+            f"With images this {args.device.type} sustains UTD "
+            + ", ".join(f"{med(c.ours) / CONTROL_HZ:.2f} ({c.algo})" for c in image)
+            + f" at {CONTROL_HZ:g} Hz (best {best.algo}: {med(best.ours):.1f} upd/s)."
+        )
+    base = next((j for j in jitter if j.learner == "none"), None)
+    for j in jitter:
+        if j.learner == "none":
+            continue
+        text = (
+            f"With a {j.learner} learner ({j.learner_updates} updates, {j.swaps} weight swaps) "
+            f"the actor's period deviated p50 {j.deviation(50):.1f} ms, p99 "
+            f"{j.deviation(99):.1f} ms, max {j.deviation(100):.1f} ms from {1e3 / CONTROL_HZ:.0f} ms"
+        )
+        if base is not None:
+            text += (
+                f" (no learner: p99 {base.deviation(99):.1f} ms, max {base.deviation(100):.1f} ms)"
+            )
+        parts.append(text + ".")
+    return " ".join(parts) if parts else "nothing was measured."
+
+
+def update_results(path: Path, section: str, body: str) -> None:
+    """benchmarks/twin.py owns the RESULTS.md layout: its writer, loaded only to write."""
+    spec = importlib.util.spec_from_file_location("bench_twin", HERE / "twin.py")
+    if spec is None or spec.loader is None:
+        raise ImportError("benchmarks/twin.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    module.update_results(path, section, body)
+
+
+# ----- main ----------------------------------------------------------------------------------------
+def _names(
+    text: str, allowed: Sequence[str], option: str, parser: argparse.ArgumentParser
+) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in allowed]
+    if not names or bad:
+        parser.error(
+            f"{option} takes a comma-separated subset of {','.join(allowed)}, got {text!r}"
+        )
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Full CPU run: ~6 min on 2 cores; --quick: ~20 s. GPU: --device cuda.",
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test, CI)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--algos", default=",".join(ALGOS), help="subset of iql,calql,sac")
+    parser.add_argument("--inputs", default=",".join(INPUTS), help="subset of state,image")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds per measurement (default 4, quick 0.2)"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="alternating rounds (default 5, quick 2)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="batch size (default 256, quick 16)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default all cores)"
+    )
+    parser.add_argument(
+        "--learner",
+        default="process",
+        choices=("process", "thread", "none"),
+        help="where the learner of the jitter test runs (none: skip the jitter test)",
+    )
+    parser.add_argument(
+        "--jitter-seconds",
+        type=float,
+        default=None,
+        help="seconds per jitter row (default 20, quick 2)",
+    )
+    parser.add_argument(
+        "--save-every",
+        type=float,
+        default=None,
+        help="learner checkpoint period, s (default 2, quick 0.5)",
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="results file to update")
+    args = parser.parse_args(argv)
+    if args.device not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda, got {args.device!r}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch sees no CUDA device")
+    args.device = torch.device(args.device)
+    args.algos = _names(args.algos, ALGOS, "--algos", parser)
+    args.inputs = _names(args.inputs, INPUTS, "--inputs", parser)
+    quick = args.quick
+    args.seconds = args.seconds if args.seconds is not None else (0.2 if quick else 4.0)
+    args.rounds = args.rounds or (2 if quick else 5)
+    args.batch = args.batch or (16 if quick else 256)
+    args.jitter_seconds = args.jitter_seconds or (2.0 if quick else 20.0)
+    args.save_every = args.save_every or (0.5 if quick else 2.0)
+    args.jitter_algo = args.algos[0]
+    if args.seconds <= 0 or args.rounds < 1 or args.batch < 2 or args.threads < 1:
+        parser.error("--seconds, --rounds, --batch (>= 2) and --threads must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+    load_before = os.getloadavg()[0]
+    cases = run_updates(args)
+    jitter: list[JitterResult] = []
+    if args.learner != "none":
+        torch.set_num_threads(1)  # the actor's process: one thread, as a policy node would
+        with tempfile.TemporaryDirectory(prefix="twinloop-bench-learner-") as tmp:
+            for mode in ("none", args.learner):
+                log(f"jitter: 10 Hz actor, learner {mode}, {args.jitter_seconds:g} s")
+                jitter.append(run_jitter(args, mode, Path(tmp)))
+    body = report(args, cases, jitter, time.monotonic() - t0, (load_before, os.getloadavg()[0]))
+    sys.stdout.write(body)
+    if not args.no_write:
+        update_results(args.results, f"learner.py {args.device.type}", body)
+        log(f"wrote {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
