@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml robot_ws/src/twinloop_ros/setup.py | system-deps
 
 demo: setup
 	$(VENV)/bin/twinloop demo --episodes $${EPISODES:-3}
+	$(VENV)/bin/twinloop finetune --profile sim --quick
 
 test: setup
 	$(PY) -m pytest -q

@@ -82,7 +82,8 @@ def test_profiles_are_found_in_the_checkout_first() -> None:
 
 
 def test_unknown_profile_lists_the_available_ones() -> None:
-    with pytest.raises(TwinloopError, match=r"unknown graph profile 'lab'.*\['robot', 'sim'\]"):
+    expected = r"unknown graph profile 'lab'.*\['finetune_sim', 'robot', 'sim'\]"
+    with pytest.raises(TwinloopError, match=expected):
         load_graph("lab")
 
 
@@ -495,6 +496,9 @@ def test_console_scripts_are_installed() -> None:
         "teleop_node": "twinloop_ros.teleop_node:main",
         "recorder_node": "twinloop_ros.recorder_node:main",
         "reward_node": "twinloop_ros.reward_node:main",
+        "policy_node": "twinloop_ros.policy_node:main",
+        "learner_node": "twinloop_ros.learner_node:main",
+        "episode_runner_node": "twinloop_ros.episode_runner_node:main",
     }
     bindir = Path(sysconfig.get_path("scripts"))
     for name in scripts:

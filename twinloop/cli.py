@@ -394,6 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(tr_sub)
 
+    from twinloop.policy.finetune import add_command as add_finetune_command
+
+    add_finetune_command(sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 

@@ -46,6 +46,7 @@ setup(
             f"reward_node = {PACKAGE}.reward_node:main",
             f"policy_node = {PACKAGE}.policy_node:main",
             f"learner_node = {PACKAGE}.learner_node:main",
+            f"episode_runner_node = {PACKAGE}.episode_runner_node:main",
         ],
     },
 )

@@ -1,0 +1,277 @@
+"""episode_runner_node: runs N episodes on the cell the way a person does, then exits 0.
+
+A thin adapter over :class:`twinloop.policy.runner.EpisodeRunner` (docs/finetune.md):
+
+- before each episode it calls ``reset_service`` (std_srvs/Trigger; the twin's /twin/reset); with
+  ``reset_service:=""`` (a robot without a scripted reset) it waits for an operator's ``start``
+  event on /twinloop/episode instead;
+- publishes ``start`` / ``success`` / ``failure`` on /twinloop/episode (the JSON events of the
+  teleop and scripted-teleop nodes, with ``"source": "episode_runner"``); success comes from
+  ``success_source``: ``sim`` = the twin's /twinloop/sim/state ``success`` field, ``reward`` =
+  the success flag of /twinloop/reward (a reward model); an episode without success ends with
+  ``failure`` after ``max_steps / control_hz`` seconds;
+- after the last episode it waits (at most ``drain_s``) until /twinloop/learner/status counts
+  every episode and a weights announcement covers its env steps, then exits 0 (mark it
+  ``required`` in the graph: the graph ends with it);
+- publishes ``status_topic`` JSON (episodes, successes, phase, ...) every ``status_period_s``;
+  with ``results_path`` set, appends JSON lines: one per episode (``"kind": "episode"``), one per
+  weights announcement (``"kind": "weights"``: version, path, updates, env_steps) and a last
+  one (``"kind": "final"``) with the runner's, the policy's and the learner's last status.
+
+Reset-free (a success switches the twin's task instead of resetting) needs a task switch at run
+time that twin_node does not offer yet: ``reset_free:=true`` is refused at start (exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rclpy.node import Node
+from rclpy.task import Future
+from sensor_msgs.msg import JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
+from twinloop.policy.errors import PolicyError
+from twinloop.policy.runner import SUCCESS_SOURCES, Command, EpisodeRunner, RunnerConfig
+
+from .conversions import json_from_msg, json_to_msg, sim_state_from_msg
+from .errors import RosAdapterError
+from .node_utils import COMMAND_QOS, exit_if_help, main_exit, params_from_dataclass
+from .policy_node import WEIGHTS_QOS
+
+__all__ = ["EpisodeRunnerNode", "EpisodeRunnerNodeConfig", "main"]
+
+SOURCE = "episode_runner"  # "source" field of the events this node publishes
+
+
+@dataclass(frozen=True)
+class EpisodeRunnerNodeConfig:
+    """The node's parameters (one ROS parameter per field)."""
+
+    episodes: int = 1  # episodes to run, then exit 0
+    max_steps: int = 60  # step budget of an episode: timeout = max_steps / control_hz
+    control_hz: float = 10.0  # the cell's control rate
+    success_source: str = "sim"  # sim: /twinloop/sim/state success; reward: /twinloop/reward flag
+    reset_service: str = "/twin/reset"  # std_srvs/Trigger before each episode; "" = operator start
+    task: str = ""  # task name put into the events ("" = the twin's, from its reset answer)
+    settle_s: float = 0.0  # wait after a reset before "start"
+    drain_s: float = 30.0  # after the last episode, wait at most this long for the learner
+    min_event_readers: int = 0  # wait for this many /twinloop/episode readers (the learner)
+    reset_timeout_s: float = 60.0  # no reset service / answer for this long: exit 1
+    reset_free: bool = False  # not supported by twin_node yet (refused)
+    results_path: str = ""  # JSON lines: episodes, weights announcements, final status
+    sim_state_topic: str = "/twinloop/sim/state"
+    reward_topic: str = "/twinloop/reward"
+    episode_topic: str = "/twinloop/episode"
+    weights_topic: str = "/twinloop/policy/weights"
+    learner_status_topic: str = "/twinloop/learner/status"
+    policy_status_topic: str = "/twinloop/policy/status"
+    status_topic: str = "/twinloop/runner/status"
+    status_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.success_source not in SUCCESS_SOURCES:
+            msg = f"unknown success_source {self.success_source!r}. Available: {list(SUCCESS_SOURCES)}"
+            raise RosAdapterError(msg)
+        if self.reset_free:
+            msg = (
+                "reset_free needs a task switch at run time, which twin_node does not offer; "
+                "use the in-process reset-free env (twinloop.policy.reset_free)"
+            )
+            raise RosAdapterError(msg)
+        if not (math.isfinite(self.status_period_s) and self.status_period_s > 0):
+            msg = f"status_period_s must be > 0, got {self.status_period_s}"
+            raise RosAdapterError(msg)
+        if self.min_event_readers < 0:
+            msg = f"min_event_readers must be >= 0, got {self.min_event_readers}"
+            raise RosAdapterError(msg)
+
+    def runner_config(self) -> RunnerConfig:
+        return RunnerConfig(
+            episodes=self.episodes,
+            max_steps=self.max_steps,
+            control_hz=self.control_hz,
+            success_source=self.success_source,
+            use_reset=bool(self.reset_service),
+            reset_timeout_s=self.reset_timeout_s,
+            settle_s=self.settle_s,
+            drain_s=self.drain_s,
+        )
+
+
+class EpisodeRunnerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("episode_runner")
+        self.cfg = cfg = params_from_dataclass(self, EpisodeRunnerNodeConfig)
+        try:
+            self.runner = EpisodeRunner(cfg.runner_config(), task=cfg.task)
+        except PolicyError as err:
+            raise RosAdapterError(str(err)) from None
+        self.done = Future()  # result: the exit code (run_node stops on it)
+        self._client = self.create_client(Trigger, cfg.reset_service) if cfg.reset_service else None
+        self._reset_wanted = False
+        self._event_pub = self.create_publisher(String, cfg.episode_topic, COMMAND_QOS)
+        self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
+        if cfg.success_source == "sim":
+            self.create_subscription(String, cfg.sim_state_topic, self._on_state, COMMAND_QOS)
+        else:
+            self.create_subscription(JointState, cfg.reward_topic, self._on_reward, COMMAND_QOS)
+        self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
+        self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
+        self.create_subscription(
+            String, cfg.learner_status_topic, self._on_learner_status, COMMAND_QOS
+        )
+        self.create_subscription(
+            String, cfg.policy_status_topic, self._on_policy_status, COMMAND_QOS
+        )
+        self._learner_status: dict[str, Any] | None = None
+        self._policy_status: dict[str, Any] | None = None
+        self._ready = cfg.min_event_readers == 0
+        self.create_timer(0.02, self._tick)
+        self.create_timer(cfg.status_period_s, self._publish_status)
+        how = f"reset by {cfg.reset_service}" if cfg.reset_service else "operator start events"
+        self.get_logger().info(
+            f"{cfg.episodes} episodes of at most {cfg.max_steps} steps at {cfg.control_hz:g} Hz, "
+            f"{how}, success from {cfg.success_source}"
+        )
+
+    def _now(self) -> int:
+        return int(self.get_clock().now().nanoseconds)
+
+    # ----- commands ------------------------------------------------------------------------------
+    def _run(self, commands: list[Command]) -> None:
+        for command in commands:
+            if command.kind == "reset":
+                self._reset_wanted = True
+                self._call_reset()
+            elif command.kind == "event":
+                payload = {**command.payload, "source": SOURCE}
+                self._event_pub.publish(json_to_msg(payload))
+                self._log_event(payload)
+            elif command.kind == "exit":
+                self._write({"kind": "final", "runner": self.runner.status(),
+                             "policy": self._policy_status, "learner": self._learner_status})  # fmt: skip
+                if not self.done.done():
+                    self.done.set_result(int(command.payload["code"]))
+            else:  # "switch": refused at start (reset_free), so never emitted here
+                self.get_logger().error(f"cannot carry out {command.kind!r}")
+
+    def _log_event(self, payload: dict[str, Any]) -> None:
+        kind, episode = payload["event"], payload["episode"]
+        if kind == "start":
+            self.get_logger().info(f"episode {episode} started")
+            return
+        result = self.runner.results[-1]
+        self.get_logger().info(
+            f"episode {episode}: {kind} after {result.duration_s:.1f} s "
+            f"({self.runner.successes}/{len(self.runner.results)} successes)"
+        )
+        self._write({"kind": "episode", "episode": episode, "success": result.success,
+                     "duration_s": round(result.duration_s, 3), "task": result.task})  # fmt: skip
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if not self.cfg.results_path:
+            return
+        path = Path(self.cfg.results_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _call_reset(self) -> None:
+        if self._client is None or not self._reset_wanted or not self._client.service_is_ready():
+            return
+        self._reset_wanted = False
+        future = self._client.call_async(Trigger.Request())
+        future.add_done_callback(self._on_reset_done)
+
+    def _on_reset_done(self, future: Future) -> None:
+        response = future.result()
+        info: dict[str, Any] | None = None
+        ok = response is not None and bool(response.success)
+        if response is not None:
+            try:
+                parsed = json.loads(response.message)
+                info = parsed if isinstance(parsed, dict) else {"message": response.message}
+            except json.JSONDecodeError:
+                info = {"message": response.message}
+        self._run(self.runner.on_reset_done(ok, info, self._now()))
+
+    def _tick(self) -> None:
+        if self.runner.done:
+            return
+        if not self._ready:
+            readers = self._event_pub.get_subscription_count() - 1  # minus our own subscription
+            if readers < self.cfg.min_event_readers:
+                self.get_logger().info(
+                    f"waiting for {self.cfg.min_event_readers} episode-event readers ({readers})",
+                    throttle_duration_sec=5.0,
+                )
+                return
+            self._ready = True
+        self._call_reset()
+        self._run(self.runner.tick(self._now()))
+
+    # ----- inputs --------------------------------------------------------------------------------
+    def _on_state(self, msg: String) -> None:
+        try:
+            state = sim_state_from_msg(msg)
+            success, episode = bool(state["success"]), int(state["episode"])
+        except (RosAdapterError, TypeError, ValueError) as err:
+            self.get_logger().error(f"dropping sim state: {err}", throttle_duration_sec=2.0)
+            return
+        self._run(self.runner.on_success(success, self._now(), episode=episode))
+
+    def _on_reward(self, msg: JointState) -> None:
+        try:
+            success = float(dict(zip(msg.name, msg.position, strict=True))["success"]) > 0.5
+        except (KeyError, TypeError, ValueError) as err:
+            self.get_logger().error(f"dropping a reward: {err}", throttle_duration_sec=2.0)
+            return
+        self._run(self.runner.on_success(success, self._now()))
+
+    def _on_event(self, msg: String) -> None:
+        try:
+            event = json_from_msg(msg)
+        except RosAdapterError:
+            return
+        if event.get("source") != SOURCE and event.get("event") == "start":
+            self._run(self.runner.on_operator_start(self._now()))
+
+    def _on_weights(self, msg: String) -> None:
+        try:
+            payload = json_from_msg(msg)
+            env_steps = int(payload.get("env_steps", 0))
+        except (RosAdapterError, TypeError, ValueError):
+            return
+        self.runner.on_weights(env_steps)
+        self._write({"kind": "weights", **payload})
+
+    def _on_learner_status(self, msg: String) -> None:
+        try:
+            status = json_from_msg(msg)
+            self.runner.on_learner_status(int(status["episodes"]), int(status["env_steps"]))
+        except (RosAdapterError, KeyError, TypeError, ValueError):
+            return
+        self._learner_status = status
+
+    def _on_policy_status(self, msg: String) -> None:
+        try:
+            self._policy_status = json_from_msg(msg)
+        except RosAdapterError:
+            return
+
+    def _publish_status(self) -> None:
+        self._status_pub.publish(json_to_msg(self.runner.status()))
+
+
+def main() -> None:
+    exit_if_help(__doc__, EpisodeRunnerNodeConfig)
+    main_exit(EpisodeRunnerNode)
+
+
+if __name__ == "__main__":
+    main()
