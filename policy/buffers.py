@@ -325,6 +325,16 @@ class ReplayBuffer:
             mc_return=take(self._mc, 0, slots),
         )
 
+    def state_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of obs["state"] over the held transitions (for state normalisation)."""
+        if self._size == 0:
+            msg = "cannot compute state statistics of an empty replay buffer"
+            raise PolicyError(msg)
+        start = self._episodes[0].tr_start
+        slots = self._ring(start, self._size, self.capacity)
+        states = torch.index_select(self._states, 0, torch.index_select(self._obs_idx, 0, slots))
+        return states.mean(0).cpu(), states.std(0, unbiased=False).cpu()
+
     # ----- state -------------------------------------------------------------------------------
     def rng_state(self) -> str:
         """The sampling RNG's state as a JSON string."""

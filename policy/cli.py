@@ -238,7 +238,7 @@ def cmd_online(args: argparse.Namespace) -> int:
     from .base import config_from_dict, load_checkpoint, make_algorithm
     from .buffers import RewardSpec, load_offline
     from .errors import PolicyError
-    from .train import OnlineConfig, load_evals, train_online, write_summary
+    from .train import OnlineConfig, load_evals, normalize_states, train_online, write_summary
     from .twin_env import PolicyTwinEnv
 
     torch.set_num_threads(max(1, args.threads)) if args.threads else None
@@ -319,6 +319,8 @@ def cmd_online(args: argparse.Namespace) -> int:
                 device=device,
                 seed=args.seed,
             )
+            if not args.checkpoint:  # a checkpoint carries its own statistics
+                normalize_states(algo, offline)
         train_log = train_online(algo, offline, env, cfg, out_dir=out, history=history)
     finally:
         env.close()

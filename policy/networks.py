@@ -214,6 +214,28 @@ class ObsEncoder(nn.Module):
                     spec.encoder, spec.backbone, spec.image_size, spec.features
                 )
         self.out_dim = spec.state_dim + (spec.features if spec.uses_image else 0)
+        # State normalisation (CORL normalises states with the dataset's mean/std): identity
+        # until set_state_normalization; saved with the weights, so the actor uses the same.
+        self.state_loc: torch.Tensor
+        self.state_scale: torch.Tensor
+        self.register_buffer("state_loc", torch.zeros(spec.state_dim))
+        self.register_buffer("state_scale", torch.ones(spec.state_dim))
+
+    @torch.no_grad()
+    def set_state_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Standardise obs["state"] with these statistics (std below 1e-3 counts as 1e-3)."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
+        if mean.shape != (self.spec.state_dim,) or std.shape != mean.shape:
+            msg = (
+                f"state statistics must have {self.spec.state_dim} values, got {tuple(mean.shape)}"
+            )
+            raise PolicyError(msg)
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            msg = "state statistics hold NaN or inf"
+            raise PolicyError(msg)
+        self.state_loc.copy_(mean)
+        self.state_scale.copy_(std.clamp(min=1e-3))
 
     def forward(self, obs: Mapping[str, torch.Tensor], *, augment: bool = False) -> torch.Tensor:
         parts = []
@@ -231,7 +253,7 @@ class ObsEncoder(nn.Module):
                 got = None if state is None else tuple(state.shape)
                 msg = f"obs['state'] must be (B, {self.spec.state_dim}), got {got}"
                 raise PolicyError(msg)
-            parts.append(state.float())
+            parts.append((state.float() - self.state_loc) / self.state_scale)
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
 

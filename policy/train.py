@@ -36,6 +36,7 @@ __all__ = [
     "OnlineConfig",
     "TrainLog",
     "load_evals",
+    "normalize_states",
     "plot_learning_curve",
     "train_offline",
     "train_online",
@@ -73,6 +74,7 @@ class OfflineConfig:
     log_every: int = 100  # write losses to metrics.csv / tensorboard every N updates
     seed: int = 0  # torch / numpy / python RNG seed of a fresh run
     progress: bool = True  # show a tqdm progress bar
+    normalize_states: bool = True  # standardise obs["state"] with the data's mean/std (CORL)
 
     def __post_init__(self) -> None:
         _positive("steps", self.steps)
@@ -339,6 +341,21 @@ def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
 
 
 # ----- offline ---------------------------------------------------------------------------------
+def normalize_states(algo: Algorithm, buffer: Any) -> bool:
+    """Set the algorithm's state normalisation from ``buffer``'s data; False if not possible.
+
+    The statistics are buffers of the encoder, so checkpoints (and the policy node) carry them.
+    """
+    encoder = getattr(algo, "encoder", None)
+    stats = getattr(buffer, "state_stats", None)
+    if encoder is None or stats is None or not algo.spec.state_dim or len(buffer) == 0:
+        return False
+    mean, std = stats()
+    encoder.set_state_normalization(mean, std)
+    log.info("state normalisation from %d transitions: std %s", len(buffer), std.numpy().round(3))
+    return True
+
+
 def train_offline(
     algo: Algorithm,
     buffer: Sampler,
@@ -372,6 +389,8 @@ def train_offline(
         log.info("resuming offline training at step %d of %d", start, cfg.steps)
     else:
         _seed_all(cfg.seed)
+        if cfg.normalize_states:
+            normalize_states(algo, buffer)
     if start > cfg.steps:
         msg = f"the checkpoint is at step {start}, past steps={cfg.steps}"
         raise PolicyError(msg)

@@ -159,7 +159,7 @@ def test_resnet_backbone_from_local_weights_stays_out_of_checkpoints(tmp_path: P
     assert out.shape == (2, 53)
     assert isinstance(enc.image, FrozenBackbone)
     keys = list(enc.state_dict())
-    assert keys and all(k.startswith("image.head.") for k in keys), keys
+    assert keys and all(k.startswith(("image.head.", "state_")) for k in keys), keys
     assert all(not p.requires_grad for p in enc.image.tower.parameters())
     missing = EncoderSpec(state_dim=3, image_size=64, encoder="resnet18")
     with pytest.raises(PolicyError, match="needs its weights file"):
@@ -264,3 +264,20 @@ def test_images_and_actions() -> None:
         normalize_action(np.zeros((1, 6)), scale)
     with pytest.raises(PolicyError, match="image_key and image_size go together"):
         ObsSpec(image_key="image_color")
+
+
+def test_state_normalization_is_applied_and_saved(tmp_path: Path) -> None:
+    spec = EncoderSpec(state_dim=3)
+    algo = make_algorithm("bc", spec, seed=0)
+    enc = algo.encoder  # type: ignore[attr-defined]
+    state = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.equal(enc({"state": state}), state)  # identity until set
+    enc.set_state_normalization(torch.tensor([1.0, 0.0, 3.0]), torch.tensor([2.0, 4.0, 0.0]))
+    expected = torch.tensor([[0.0, 0.5, 0.0]])  # a zero std counts as 1e-3: (3 - 3) / 1e-3 = 0
+    assert torch.allclose(enc({"state": state}), expected)
+    loaded, _ = load_checkpoint(save_checkpoint(algo, tmp_path / "n.safetensors"))
+    assert torch.allclose(loaded.encoder({"state": state}), expected)  # type: ignore[attr-defined]
+    with pytest.raises(PolicyError, match="3 values"):
+        enc.set_state_normalization(torch.zeros(2), torch.ones(2))
+    with pytest.raises(PolicyError, match="NaN"):
+        enc.set_state_normalization(torch.tensor([0.0, float("nan"), 0.0]), torch.ones(3))
