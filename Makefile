@@ -34,10 +34,12 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-bench: setup  # about 13 minutes: twin + DDS, 5 minutes of recording, 5 minutes of rewards
+bench: setup  # about 20 minutes: twin + DDS, recording, rewards, learner updates/s
 	$(PY) benchmarks/twin.py
 	$(PY) benchmarks/recording.py
 	$(PY) benchmarks/reward.py
+	$(PY) benchmarks/learner.py --threads 1
+	@echo "learning in the twin (about an hour): $(PY) benchmarks/finetune.py"
 
 lint: setup
 	$(VENV)/bin/ruff check .

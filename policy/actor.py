@@ -9,7 +9,10 @@ same :class:`~twinloop.policy.obs.ObsSpec` helpers the offline buffers use and r
 The actor never sends an action it did not compute from fresh observations: ``act(now_ns)``
 returns None, and counts the reason, when a needed source has no value yet (``missing``), its
 newest value is older than ``max_obs_age_s`` (``stale``) or has not changed since the last action
-(``unchanged``). New weights are loaded with :meth:`PolicyRunner.swap` on a background thread
+(``unchanged``). A reset-free policy (``task_onehot`` in its state keys) takes the one-hot of
+the task named by the newest episode ``start`` event (:meth:`PolicyRunner.on_event`); until one
+came it holds still (``missing``: no ``task``). The task does not go stale: it holds until the
+next start event. New weights are loaded with :meth:`PolicyRunner.swap` on a background thread
 (:meth:`PolicyRunner.swap_in_background`); the control path only reads one reference, so an
 action is computed with either the old or the new weights, never a mix, and never waits.
 """
@@ -21,7 +24,7 @@ import math
 import os
 import threading
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +35,10 @@ import torch
 from .base import Algorithm, load_checkpoint
 from .errors import PolicyError
 from .obs import ObsSpec, images_from_rows, state_from_rows, unnormalize_action
+from .reset_free import TASK_KEY, task_onehot
 
 __all__ = [
+    "HELD_SOURCES",
     "HOLD_REASONS",
     "SOURCES",
     "LatestObservations",
@@ -46,8 +51,11 @@ log = logging.getLogger(__name__)
 
 # Observation sources a live policy reads: /twinloop/ee_pose (7: xyz + quaternion wxyz),
 # /joint_states (rows joint_pos, joint_vel), the twin's /twinloop/sim/state privileged state
-# (rows priv_<name>) and the camera (rows <image_key>, (H, W, 3) uint8).
-SOURCES: tuple[str, ...] = ("ee_pose", "joints", "priv", "image")
+# (rows priv_<name>), the camera (rows <image_key>, (H, W, 3) uint8) and, for reset-free
+# policies, the task of the running episode (rows task_onehot, from /twinloop/episode).
+SOURCES: tuple[str, ...] = ("ee_pose", "joints", "priv", "image", "task")
+# Sources that hold until replaced: never stale, and need not be new for the next action.
+HELD_SOURCES: tuple[str, ...] = ("task",)
 # Why ``act`` held still instead of acting.
 HOLD_REASONS: tuple[str, ...] = ("missing", "stale", "unchanged", "error")
 
@@ -64,10 +72,12 @@ def needed_sources(obs: ObsSpec) -> tuple[str, ...]:
             wants = ["joints"]
         elif key.startswith("priv_"):
             wants = ["priv"]
+        elif key == TASK_KEY:
+            wants = ["task"]
         else:
             msg = (
                 f"state key {key!r} has no live source; live keys are proprio, ee_pose, "
-                "joint_pos, joint_vel and priv_<name> (the twin's privileged state)"
+                f"joint_pos, joint_vel, priv_<name> (the twin's privileged state) and {TASK_KEY}"
             )
             raise PolicyError(msg)
         needed += [w for w in wants if w not in needed]
@@ -135,6 +145,16 @@ class LatestObservations:
             raise PolicyError(msg)
         self._put("image", {self.spec.image_key or "image": img}, stamp_ns)
 
+    def update_task(self, onehot: np.ndarray, stamp_ns: int) -> None:
+        """The running episode's task one-hot (rows ``task_onehot``)."""
+        self._put("task", {TASK_KEY: np.asarray(onehot, dtype=np.float32).ravel()}, stamp_ns)
+
+    def forget(self, source: str) -> None:
+        """Drop a source's value (the actor holds still until a new one comes)."""
+        with self._lock:
+            self._rows.pop(source, None)
+            self._stamps.pop(source, None)
+
     def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """(rows of every source merged, stamp per source), copied under the lock."""
         with self._lock:
@@ -176,10 +196,21 @@ class PolicyRunner:
         max_obs_age_s: float = 0.3,
         deterministic: bool = True,
         version: int = 0,
+        tasks: Sequence[str] = (),
     ) -> None:
         if not (math.isfinite(max_obs_age_s) and max_obs_age_s > 0):
             msg = f"max_obs_age_s must be a positive number of seconds, got {max_obs_age_s}"
             raise PolicyError(msg)
+        self.tasks = tuple(tasks)  # task i of a start event -> one-hot i (reset-free policies)
+        if TASK_KEY in obs.state_keys and (
+            not self.tasks or len(set(self.tasks)) != len(self.tasks)
+        ):
+            msg = (
+                f"state key {TASK_KEY!r} needs tasks: the distinct task names of the one-hot "
+                f"(forward, backward), got {list(self.tasks)}"
+            )
+            raise PolicyError(msg)
+        self.task = ""  # the task of the newest start event ("" = none yet)
         self.spec = obs
         self.device = torch.device(device)
         self.max_obs_age_ns = int(max_obs_age_s * 1e9)
@@ -250,6 +281,24 @@ class PolicyRunner:
             self._swapper.shutdown(wait=True)
             self._swapper = None
 
+    # ----- the task (reset-free) ------------------------------------------------------------------
+    def on_event(self, event: Mapping[str, object], now_ns: int) -> None:
+        """An /twinloop/episode event: a ``start`` sets the task one-hot (reset-free policies).
+
+        PolicyError for a start event whose task is not one of :attr:`tasks`; the actor then
+        holds still until a start event with a known task comes.
+        """
+        if TASK_KEY not in self.spec.state_keys or event.get("event") != "start":
+            return
+        task = event.get("task")
+        if not isinstance(task, str) or task not in self.tasks:
+            self.task = ""
+            self.observations.forget("task")
+            msg = f"episode start event names task {task!r}; the policy knows {list(self.tasks)}"
+            raise PolicyError(msg)
+        self.task = task
+        self.observations.update_task(task_onehot(self.tasks.index(task), len(self.tasks)), now_ns)
+
     # ----- acting --------------------------------------------------------------------------------
     def _hold(self, reason: str, detail: str) -> None:
         self.held[reason] += 1
@@ -259,8 +308,10 @@ class PolicyRunner:
         sources = self.observations.sources
         missing = [s for s in sources if s not in stamps]
         if missing:
-            self._hold("missing", f"no {missing} yet")
+            why = " (no episode start event with a known task)" if "task" in missing else ""
+            self._hold("missing", f"no {missing} yet{why}")
             return False
+        sources = tuple(s for s in sources if s not in HELD_SOURCES)
         stale = [s for s in sources if abs(now_ns - stamps[s]) > self.max_obs_age_ns]
         if stale:
             ages = {s: round((now_ns - stamps[s]) / 1e9, 3) for s in stale}
@@ -305,13 +356,13 @@ class PolicyRunner:
             raise
         normalized = weights.algo.act(obs, deterministic=self.deterministic)[0]
         a = normalized.detach().cpu().numpy().astype(np.float32)
-        used = {s: stamps[s] for s in self.observations.sources}
+        used = {s: stamps[s] for s in self.observations.sources if s not in HELD_SOURCES}
         self._used = used
         self.acted += 1
         return PolicyAction(
             metric=unnormalize_action(np.clip(a, -1.0, 1.0), self.spec.action_scale),
             normalized=a,
-            stamp_ns=min(used.values()),
+            stamp_ns=min(used.values()) if used else int(now_ns),
             version=weights.version,
         )
 
@@ -319,6 +370,7 @@ class PolicyRunner:
         return {
             "version": self.version,
             "checkpoint": Path(self.checkpoint).name,
+            "task": self.task,
             "acted": self.acted,
             "held": {r: int(self.held.get(r, 0)) for r in HOLD_REASONS},
             "last_hold": self.last_hold,

@@ -17,8 +17,12 @@ same ROS 2 nodes that run on the robot:
 5. **report**: ``<out>/learning_curve.png`` (offline evaluations, then online evaluations against
    env steps) and ``<out>/summary.json``.
 
-Reset-free fine-tuning is not run on the graph: twin_node cannot switch its task at run time
-(see docs/finetune.md); the in-process path is ``twinloop.policy.reset_free.ResetFreeTwinEnv``.
+Reset-free (``reset_free``, RoboFuME): the task and its partner in
+``twinloop.sim2real.tasks.TASK_PAIRS`` are the forward and backward tasks; demos of both are
+recorded and merged into one store with a ``task_onehot`` column, one policy conditioned on it is
+trained offline, and on the graph the episode runner switches the twin's task on success instead
+of resetting (a full reset every ``reset_every`` episodes). Evaluations run each task from its own
+reset; the curve shows the forward task.
 """
 
 from __future__ import annotations
@@ -87,12 +91,23 @@ class FinetuneConfig:
     timeout_s: float = 1800.0  # give up on the online graph after this long
     overrides: tuple[str, ...] = ()  # node.param=value for the graph (like twinloop launch --set)
     progress: bool = True  # progress bars
+    reset_free: bool = False  # forward (task) / backward (TASK_PAIRS[task]) switched on success
+    reset_every: int = 10  # reset_free: a full reset of the twin every N online episodes (0: never)
 
     def __post_init__(self) -> None:
-        from twinloop.sim2real.tasks import TASKS
+        from twinloop.sim2real.tasks import TASK_PAIRS, TASKS
 
         if self.task not in TASKS:
             msg = f"unknown task {self.task!r}. Available: {sorted(TASKS)}"
+            raise PolicyError(msg)
+        if self.reset_free and self.task not in TASK_PAIRS:
+            msg = f"--reset-free needs a task with a backward task; {self.task!r} has none. Available: {sorted(TASK_PAIRS)}"
+            raise PolicyError(msg)
+        if self.reset_free and self.reward != "true":
+            msg = "--reset-free needs --reward true (the twin's success of each task)"
+            raise PolicyError(msg)
+        if self.reset_every < 0:
+            msg = f"reset_every must be >= 0 (0 = never), got {self.reset_every}"
             raise PolicyError(msg)
         if self.algo not in ALGOS:
             msg = f"unknown algo {self.algo!r}. Available: {list(ALGOS)}"
@@ -119,6 +134,13 @@ class FinetuneConfig:
             raise PolicyError(msg)
 
     @property
+    def tasks(self) -> tuple[str, ...]:
+        """(forward, backward) with ``reset_free``, else (task,): the task_onehot order."""
+        from twinloop.sim2real.tasks import TASK_PAIRS
+
+        return (self.task, TASK_PAIRS[self.task]) if self.reset_free else (self.task,)
+
+    @property
     def reward_model(self) -> str:
         """The reward checkpoint path ("" for the twin's true success)."""
         return self.reward.partition(":")[2] if self.reward.startswith("model:") else ""
@@ -141,16 +163,63 @@ def _check_reward_model(cfg: FinetuneConfig) -> str:
         raise PolicyError(msg) from err
 
 
-def _record_demos(cfg: FinetuneConfig, path: Path) -> dict[str, Any]:
-    from twinloop.datasets.store import EpisodeStore
+def _record_task(cfg: FinetuneConfig, task: str, path: Path, seed: int) -> Path:
     from twinloop.sim2real.record import RecordConfig, record_twin_dataset
     from twinloop.sim2real.scene import CameraConfig
     from twinloop.sim2real.twin import TwinConfig
 
     record = RecordConfig(episodes=cfg.demos, kinds=("expert",), noise=cfg.demo_noise,
-                          hold_steps=0, seed=cfg.seed, depth=False)  # fmt: skip
-    twin = TwinConfig(task=cfg.task, camera=CameraConfig(width=64, height=64))
-    record_twin_dataset(path, record, twin)
+                          hold_steps=0, seed=seed, depth=False)  # fmt: skip
+    twin = TwinConfig(task=task, camera=CameraConfig(width=64, height=64))
+    return record_twin_dataset(path, record, twin)
+
+
+def merge_task_stores(parts: Sequence[Path], dest: Path) -> Path:
+    """One store from per-task stores: every row of part i gets ``task_onehot`` i (reset-free).
+
+    The parts must share fps and cameras (recorded the same way); each episode keeps its meta and
+    gains ``"task"`` (the part's ``twin_task`` attr).
+    """
+    from twinloop.datasets.store import EpisodeStore
+
+    from .reset_free import add_task_column
+
+    stores = [EpisodeStore.open(p) for p in parts]
+    try:
+        first = stores[0].attrs
+        tasks = [str(s.attrs.get("twin_task", s.attrs.get("task", ""))) for s in stores]
+        extra = {"twin_task": tasks[0], "tasks": tasks, "ground_truth": ["success", "progress"]}
+        if "camera_extrinsics" in first:
+            extra["camera_extrinsics"] = first["camera_extrinsics"]
+        texts = {str(s.attrs.get("task", "")) for s in stores}
+        with EpisodeStore.create(dest, fps=stores[0].fps,
+                                 task=texts.pop() if len(texts) == 1 else "",
+                                 robot_profile=str(first.get("robot_profile", "")),
+                                 camera_intrinsics=first.get("camera_intrinsics") or None,
+                                 nan_keys=tuple(first.get("nan_keys", ())),
+                                 image_codec=stores[0].image_codec,
+                                 extra_attrs=extra) as out:  # fmt: skip
+            for index, store in enumerate(stores):
+                for i in range(store.n_episodes):
+                    rows = add_task_column(store.get_episode(i), index, len(stores))
+                    meta = {k: v for k, v in store.episode_meta(i).items()
+                            if k in ("task", "success", "kind", "seed")}  # fmt: skip
+                    out.add_episode(rows, meta=meta | {"twin_task": tasks[index]})
+    finally:
+        for store in stores:
+            store.close()
+    return dest
+
+
+def _record_demos(cfg: FinetuneConfig, path: Path) -> dict[str, Any]:
+    from twinloop.datasets.store import EpisodeStore
+
+    if cfg.reset_free:  # both tasks, then one store with the task_onehot column
+        parts = [_record_task(cfg, task, path.parent / "demo_parts" / f"{task}.zarr",
+                              cfg.seed + 10_000 * k) for k, task in enumerate(cfg.tasks)]  # fmt: skip
+        merge_task_stores(parts, path)
+    else:
+        _record_task(cfg, cfg.task, path, cfg.seed)
     with EpisodeStore.open(path, mode="r") as store:
         metas = [store.episode_meta(i) for i in range(store.n_episodes)]
         steps = int(store.n_steps)
@@ -167,13 +236,32 @@ def _algo_config(cfg: FinetuneConfig) -> Any:
     return config_from_dict(cfg.algo, values)
 
 
+def eval_env(cfg: FinetuneConfig, obs: Any, index: int = 0) -> Any:
+    """A twin env of task ``cfg.tasks[index]`` from its own reset; with ``reset_free`` its rows
+    carry that task's ``task_onehot`` (the policy is told which task it runs)."""
+    from .reset_free import TASK_KEY, task_onehot
+    from .twin_env import PolicyTwinEnv
+
+    task = cfg.tasks[index]
+    if not cfg.reset_free:
+        return PolicyTwinEnv(task, obs, reward="success", seed=cfg.seed)
+    onehot = task_onehot(index, len(cfg.tasks))
+
+    class TaskTwinEnv(PolicyTwinEnv):
+        def _make_row(self, image: Any) -> dict[str, Any]:
+            row = super()._make_row(image)
+            row[TASK_KEY] = onehot
+            return row
+
+    return TaskTwinEnv(task, obs, reward="success", seed=cfg.seed)
+
+
 def _offline(cfg: FinetuneConfig, dataset: Path, obs: Any, out: Path) -> tuple[Any, Any]:
     """(TrainLog, the offline checkpoint path)."""
     from .base import make_algorithm
     from .buffers import RewardSpec, load_offline
     from .networks import EncoderSpec
     from .train import OfflineConfig, train_offline
-    from .twin_env import PolicyTwinEnv
 
     config = _algo_config(cfg)
     source = f"model:{cfg.reward_model}" if cfg.reward_model else "success"
@@ -191,7 +279,7 @@ def _offline(cfg: FinetuneConfig, dataset: Path, obs: Any, out: Path) -> tuple[A
         seed=cfg.seed,
         progress=cfg.progress,
     )
-    with PolicyTwinEnv(cfg.task, obs, reward="success", seed=cfg.seed) as env:
+    with eval_env(cfg, obs) as env:  # the forward task
         result = train_offline(algo, buffer, train, out_dir=out, env=env)
     return result, result.checkpoint
 
@@ -212,7 +300,9 @@ def build_graph(
     from twinloop.graph import load_graph
 
     task = make_task(cfg.task)
+    max_steps = max(int(make_task(t).max_steps) for t in cfg.tasks)
     keys = "[" + ", ".join(obs.state_keys) + "]"
+    tasks = "[" + ", ".join(cfg.tasks) + "]"
     overrides = [
         f"twin.task={cfg.task}",
         f"twin.seed={cfg.seed + 100}",
@@ -227,9 +317,18 @@ def build_graph(
         f"learner.publish_every_s={float(cfg.publish_every_s)}",
         f"learner.seed={cfg.seed}",
         f"episode_runner.episodes={cfg.online_episodes}",
-        f"episode_runner.max_steps={int(task.max_steps)}",
+        f"episode_runner.max_steps={max_steps}",
         f"episode_runner.results_path={results.resolve()}",
     ]
+    if cfg.reset_free:
+        overrides += [
+            f"policy.tasks={tasks}",
+            f"learner.tasks={tasks}",
+            "episode_runner.reset_free=true",
+            f"episode_runner.tasks={tasks}",
+            f"episode_runner.reset_every={cfg.reset_every}",
+            "episode_runner.min_event_readers=2",  # learner and policy hear every start
+        ]
     if cfg.reward_model:
         overrides += [
             "learner.reward_source=topic",
@@ -308,14 +407,15 @@ def _evaluate_versions(
     """Evaluate the chosen published versions; one dict per version (env steps, success)."""
     from .base import load_checkpoint
     from .evaluate import evaluate
-    from .twin_env import PolicyTwinEnv
 
     announced = {int(r["version"]): r for r in records if r.get("kind") == "weights"}
     files = {int(p.stem.removeprefix("policy_v")): p
              for p in online_dir.glob("policy_v*.safetensors")}  # fmt: skip
     chosen = pick_versions(list(files), cfg.max_versions)
     out: list[dict[str, Any]] = []
-    with PolicyTwinEnv(cfg.task, obs, reward="success", seed=cfg.seed) as env:
+    envs = [eval_env(cfg, obs, i) for i in range(len(cfg.tasks))]
+    env = envs[0]
+    try:
         for version in chosen:
             algo, extra = load_checkpoint(files[version])
             updates = int(extra.get("updates", 0))
@@ -327,9 +427,36 @@ def _evaluate_versions(
             out.append({"version": version, "env_steps": env_steps, "updates": updates,
                         "success_rate": result.success_rate, "mean_return": result.mean_return,
                         "mean_length": result.mean_length})  # fmt: skip
-            _out(f"[finetune]   v{version} ({env_steps} env steps, {updates} updates): "
-                 f"success {result.success_rate:.0%}")  # fmt: skip
+            text = f"success {result.success_rate:.0%}"
+            if len(envs) > 1:
+                back = evaluate(algo, envs[1], cfg.eval_episodes, seed=cfg.eval_seed)
+                out[-1]["success_rate_backward"] = back.success_rate
+                text = (f"{cfg.tasks[0]} success {result.success_rate:.0%}, {cfg.tasks[1]} "
+                        f"success {back.success_rate:.0%}")  # fmt: skip
+            _out(f"[finetune]   v{version} ({env_steps} env steps, {updates} updates): {text}")
+    finally:
+        for e in envs:
+            e.close()
     return out
+
+
+def _reset_free_summary(
+    cfg: FinetuneConfig, episodes: list[dict[str, Any]], final: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Per-task episodes and successes, switches and full resets of a reset-free run."""
+    if not cfg.reset_free:
+        return None
+    runner = (final or {}).get("runner") or {}
+    return {
+        "tasks": list(cfg.tasks),
+        "reset_every": cfg.reset_every,
+        "episodes": {t: sum(r.get("task") == t for r in episodes) for t in cfg.tasks},
+        "successes": {
+            t: sum(bool(r["success"]) and r.get("task") == t for r in episodes) for t in cfg.tasks
+        },
+        "switches": runner.get("switches"),
+        "resets": runner.get("resets"),
+    }
 
 
 def _node_rates(final: dict[str, Any] | None) -> dict[str, Any]:
@@ -356,10 +483,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     work starts; a failed graph is reported in the summary (``graph.exit_code`` != 0).
     """
     from .obs import ObsSpec, default_state_keys
+    from .reset_free import TASK_KEY
     from .train import EvalPoint, plot_learning_curve
 
     reward_type = _check_reward_model(cfg) if cfg.reward_model else ""
-    obs = ObsSpec(state_keys=default_state_keys(cfg.task, privileged=True))
+    keys = default_state_keys(cfg.task, privileged=True)
+    obs = ObsSpec(state_keys=(*keys, TASK_KEY) if cfg.reset_free else keys)
     out = cfg.out
     paths = {"demos": out / "demos.zarr", "offline": out / "offline", "online": out / "online",
              "logs": out / "logs", "results": out / RESULTS}  # fmt: skip
@@ -378,7 +507,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     demos = _record_demos(cfg, paths["demos"])
     walls["demos"] = time.perf_counter() - t0
-    _out(f"[finetune] stage 1/5 demos: {demos['episodes']} scripted {cfg.task} episodes, "
+    _out(f"[finetune] stage 1/5 demos: {demos['episodes']} scripted {' + '.join(cfg.tasks)} episodes, "
          f"{demos['steps']} steps, success {demos['success_rate']:.0%} ({walls['demos']:.1f} s)")  # fmt: skip
 
     t0 = time.perf_counter()
@@ -434,6 +563,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "evals": [dataclasses.asdict(e) for e in evals],
         "graph": {k: v for k, v in online.items() if k != "wall_s"},
         "node_rates": _node_rates(final),
+        "reset_free": _reset_free_summary(cfg, episodes, final),
         "wall_s": {k: round(v, 2) for k, v in walls.items()},
         "learning_curve": str(curve),
         "offline_checkpoint": str(checkpoint),
@@ -482,6 +612,8 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         timeout_s=args.timeout,
         overrides=tuple(args.set),
         progress=not args.no_progress,
+        reset_free=args.reset_free,
+        reset_every=args.reset_every,
         **values,
     )
 
@@ -541,5 +673,11 @@ def add_command(sub: Any) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads in this process")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                    help="override a graph node parameter, e.g. learner.utd=2.0 (repeatable)")  # fmt: skip
+    p.add_argument("--reset-free", action="store_true",
+                   help="RoboFuME reset-free: the task and its backward task (TASK_PAIRS) take "
+                   "turns on success, one policy conditioned on task_onehot")  # fmt: skip
+    p.add_argument("--reset-every", type=int, default=10,
+                   help="--reset-free: a full twin reset every N online episodes (default 10; "
+                   "0 = only the first)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_finetune)

@@ -23,7 +23,10 @@ Assembly rules (docs/actor_learner.md):
   next observation (within ``reward_tolerance_s``); a step without one falls back to the success
   rule (counted in :attr:`TransitionAssembler.counts` as ``reward_fallback``);
 - ``terminated`` is True exactly for episodes that end with ``success``; ``failure`` episodes are
-  time-limit truncations (they keep bootstrapping).
+  time-limit truncations (they keep bootstrapping);
+- reset-free (``task_onehot`` in the state keys): every row of an episode gets the one-hot of the
+  task its ``start`` event names (its index in ``tasks``), whatever the ticks were taken under; an
+  episode whose start event names no known task is dropped (``dropped_unknown_task``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import math
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +49,7 @@ from .buffers import MixedSampler, ReplayBuffer
 from .common import Batch
 from .errors import PolicyError
 from .obs import ObsSpec, images_from_rows, normalize_action, state_from_rows
+from .reset_free import TASK_KEY, task_onehot
 
 __all__ = [
     "LEARNER_CHECKPOINT",
@@ -74,6 +78,7 @@ class AssembledEpisode:
     episode: int  # the events' episode number
     success: bool  # ended with a success event
     matched_rewards: int  # steps whose reward came from /twinloop/reward
+    task: str = ""  # the task its start event named ("" when none)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -88,6 +93,8 @@ class _Open:
     rewards: list[tuple[int, float]] = field(default_factory=list)  # (frame stamp, value)
     end: str = ""  # "success" / "failure" once ended
     end_ns: int = 0  # when the end event came (receiver clock)
+    task: int | None = None  # index in the assembler's tasks (reset-free), None = unknown
+    task_name: str = ""  # the task the start event named
 
 
 class TransitionAssembler:
@@ -103,6 +110,7 @@ class TransitionAssembler:
         reward_tolerance_s: float | None = None,
         wait_s: float = 0.5,
         keep_ticks_s: float = 1.0,
+        tasks: Sequence[str] = (),
     ) -> None:
         if not (math.isfinite(control_hz) and control_hz > 0):
             msg = f"control_hz must be > 0, got {control_hz}"
@@ -110,8 +118,23 @@ class TransitionAssembler:
         if reward_source not in REWARD_SOURCES:
             msg = f"unknown reward_source {reward_source!r}. Available: {list(REWARD_SOURCES)}"
             raise PolicyError(msg)
+        self.tasks = tuple(tasks)  # task i of a start event -> task_onehot i (reset-free)
+        if TASK_KEY in obs.state_keys and (
+            not self.tasks or len(set(self.tasks)) != len(self.tasks)
+        ):
+            msg = (
+                f"state key {TASK_KEY!r} needs tasks: the distinct task names of the one-hot "
+                f"(forward, backward), got {list(self.tasks)}"
+            )
+            raise PolicyError(msg)
         half = 0.5 / control_hz
         self.spec = obs
+        # ticks carry no task (it is the episode's, set at assembly): the rows on_tick expects
+        keys = tuple(k for k in obs.state_keys if k != TASK_KEY)
+        self.tick_spec = (
+            dataclasses.replace(obs, state_keys=keys) if keys != obs.state_keys else obs
+        )
+        self._task_at: int | None = None  # offset of the task_onehot columns in the state
         self.control_hz = control_hz
         self.reward_source = reward_source
         self.match_tol_ns = int((half if match_tolerance_s is None else match_tolerance_s) * 1e9)
@@ -128,6 +151,17 @@ class TransitionAssembler:
     def on_tick(self, rows: Mapping[str, np.ndarray], stamp_ns: int) -> None:
         """One observation (unbatched dataset-layout rows) at ``stamp_ns``."""
         batch = {k: np.asarray(v)[None] for k, v in rows.items()}
+        if self.tick_spec is not self.spec:  # a placeholder, set per episode at assembly
+            batch[TASK_KEY] = np.zeros((1, len(self.tasks)), dtype=np.float32)
+            if self._task_at is None:
+                before = self.spec.state_keys[: self.spec.state_keys.index(TASK_KEY)]
+                self._task_at = (
+                    state_from_rows(batch, dataclasses.replace(self.spec, state_keys=before)).shape[
+                        1
+                    ]
+                    if before
+                    else 0
+                )
         state = state_from_rows(batch, self.spec)[0]
         if self._state_dim is None:
             self._state_dim = len(state)
@@ -171,7 +205,10 @@ class TransitionAssembler:
                 self.counts["dropped_unended"] += 1
             # the reset observation may have come just before the start event
             ticks = [t for t in self._recent if t[0] >= now_ns - self.match_tol_ns * 4]
-            self._open = _Open(episode, int(now_ns), list(ticks))
+            task = event.get("task")
+            index = self.tasks.index(task) if isinstance(task, str) and task in self.tasks else None
+            name = task if isinstance(task, str) else ""
+            self._open = _Open(episode, int(now_ns), list(ticks), task=index, task_name=name)
         elif kind in _END_EVENTS:
             if self._open is None:
                 self.counts["end_without_start"] += 1
@@ -190,6 +227,9 @@ class TransitionAssembler:
         self._closing = [ep for ep in self._closing if now_ns - ep.end_ns < self.wait_ns]
         out = []
         for ep in ready:
+            if self.tick_spec is not self.spec and ep.task is None:
+                self.counts["dropped_unknown_task"] += 1
+                continue
             assembled = self._assemble(ep)
             if assembled is None:
                 self.counts["dropped_empty"] += 1
@@ -230,6 +270,9 @@ class TransitionAssembler:
             return None
         rows = [*steps, steps[-1] + 1]
         states = np.stack([ep.ticks[i][1] for i in rows]).astype(np.float32)
+        if ep.task is not None and self._task_at is not None:
+            at, n = self._task_at, len(self.tasks)
+            states[:, at : at + n] = task_onehot(ep.task, n)
         images = None
         if self.spec.image_key:
             images = np.stack([ep.ticks[i][2] for i in rows])  # type: ignore[misc]
@@ -245,6 +288,7 @@ class TransitionAssembler:
             episode=ep.episode,
             success=success,
             matched_rewards=matched,
+            task=ep.task_name,
         )
 
     def _rewards(self, ep: _Open, next_stamps: list[int], success: bool) -> tuple[np.ndarray, int]:

@@ -11,7 +11,7 @@ finishes with exit code 0.
 Reset-free (RoboFuME): with ``reset_free`` a success switches to the other task of the pair
 instead of resetting; a failure retries the same task without a reset; every ``reset_every``
 episodes a full reset is made. The core emits a ``switch`` command for this; a cell must be able
-to switch its task at run time to use it (the twin node cannot yet, see docs/finetune.md).
+to switch its task at run time (the twin node listens on /twin/switch_task).
 
 The core is a state machine driven by the caller: ``tick(now_ns)`` and the ``on_*`` inputs
 return :class:`Command` values (``reset``, ``event``, ``switch``, ``exit``) for the node to carry

@@ -10,9 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from twinloop.policy.errors import PolicyError
-from twinloop.policy.finetune import FinetuneConfig, pick_versions
+from twinloop.policy.finetune import FinetuneConfig, merge_task_stores, pick_versions
 
 DOMAIN_ID = 1 + (os.getpid() + 37) % 100  # below 102: DDS ports out of the ephemeral range
 
@@ -41,6 +42,8 @@ def run_cli(args: list[str], tmp_path: Path, timeout: float = 60.0) -> subproces
         (["--profile", "moon"], "unknown graph profile 'finetune_moon'"),
         (["--no-realtime"], "--no-realtime is not supported on the graph"),
         (["--set", "nobody.x=1"], "has no node 'nobody'"),
+        (["--reset-free", "--task", "push_cube"], "--reset-free needs a task with a backward"),
+        (["--reset-free", "--reset-every", "-1"], "reset_every must be >= 0"),
     ],
 )
 def test_bad_input_exits_2_with_one_message(args: list[str], message: str, tmp_path: Path) -> None:
@@ -56,6 +59,41 @@ def test_config_validation() -> None:
         FinetuneConfig(out=Path("x"), online_episodes=0)
     with pytest.raises(PolicyError, match="utd must be a positive number"):
         FinetuneConfig(out=Path("x"), utd=0.0)
+
+
+def test_reset_free_config_and_task_column_merge(tmp_path: Path) -> None:
+    from twinloop.datasets.store import EpisodeStore
+
+    cfg = FinetuneConfig(out=Path("x"), task="close_drawer", reset_free=True)
+    assert cfg.tasks == ("close_drawer", "open_drawer")
+    assert FinetuneConfig(out=Path("x")).tasks == ("open_drawer",)
+    with pytest.raises(PolicyError, match="--reset-free needs --reward true"):
+        FinetuneConfig(out=Path("x"), reset_free=True, reward="model:x.safetensors")
+    rng = np.random.default_rng(0)
+    parts = []
+    for task, lengths in (("open_drawer", (3, 4)), ("close_drawer", (5,))):
+        path = tmp_path / f"{task}.zarr"
+        with EpisodeStore.create(path, fps=10.0, task=task, extra_attrs={"twin_task": task}) as st:
+            for n in lengths:
+                episode = {"action": rng.uniform(-0.01, 0.01, (n, 5)).astype(np.float32),
+                           "success": np.arange(n) == n - 1}  # fmt: skip
+                st.add_episode(episode, meta={"success": True, "kind": "expert"})
+        parts.append(path)
+    merged = merge_task_stores(parts, tmp_path / "demos.zarr")
+    with EpisodeStore.open(merged) as store:
+        assert store.n_episodes == 3 and "task_onehot" in store.keys
+        columns = [store.get_episode(i)["task_onehot"] for i in range(3)]
+        metas = [store.episode_meta(i) for i in range(3)]
+        first = EpisodeStore.open(parts[0])
+        np.testing.assert_array_equal(
+            store.get_episode(1)["action"], first.get_episode(1)["action"]
+        )
+        first.close()
+    np.testing.assert_array_equal(columns[0], [[1, 0]] * 3)
+    np.testing.assert_array_equal(columns[1], [[1, 0]] * 4)
+    np.testing.assert_array_equal(columns[2], [[0, 1]] * 5)
+    assert [m["twin_task"] for m in metas] == ["open_drawer", "open_drawer", "close_drawer"]
+    assert all(m["success"] and m["kind"] == "expert" for m in metas)
 
 
 def test_pick_versions() -> None:
@@ -102,4 +140,43 @@ def test_quick_finetune_on_the_graph(tmp_path: Path) -> None:
     assert summary["node_rates"]["policy_rate_hz"] == pytest.approx(10.0, abs=2.0)
     runner_lines = (out_dir / "runner.jsonl").read_text().splitlines()
     assert sum('"kind": "episode"' in line for line in runner_lines) == 4
+    assert wall < 180.0
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_quick_reset_free_finetune_on_the_graph(tmp_path: Path) -> None:
+    pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels (pip install -e .[ros])")
+    t0 = time.monotonic()
+    out_dir = tmp_path / "run"
+    args = ["--profile", "sim", "--quick", "--reset-free", "--reset-every", "3",
+            "--out", str(out_dir), "--no-progress"]  # fmt: skip
+    out = run_cli(args, tmp_path, timeout=180.0)
+    wall = time.monotonic() - t0
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    # demos of both tasks in one store with the task column
+    assert summary["demos"]["episodes"] == 6 and summary["demos"]["success_rate"] == 1.0
+    assert "open_drawer + close_drawer" in out.stdout
+    rf = summary["reset_free"]
+    assert rf["tasks"] == ["open_drawer", "close_drawer"] and rf["reset_every"] == 3
+    records = [json.loads(line) for line in (out_dir / "runner.jsonl").read_text().splitlines()]
+    episodes = [r for r in records if r["kind"] == "episode"]
+    assert len(episodes) == 4 and episodes[0]["task"] == "open_drawer"
+    # the schedule: the other task after a success, the same after a failure, a full reset
+    # (back to the forward task) after reset_every=3 episodes
+    other = {"open_drawer": "close_drawer", "close_drawer": "open_drawer"}
+    for i, (prev, ep) in enumerate(itertools.pairwise(episodes), start=1):
+        expected = (
+            "open_drawer" if i == 3 else (other[prev["task"]] if prev["success"] else prev["task"])
+        )
+        assert ep["task"] == expected, episodes
+    switches = sum(bool(p["success"]) for i, p in enumerate(episodes[:-1], 1) if i != 3)
+    assert rf["switches"] == switches and rf["resets"] == 2, (rf, episodes)
+    # the policy was conditioned on the runner's tasks and every episode reached the learner
+    final = next(r for r in records if r["kind"] == "final")
+    assert final["policy"]["task"] == episodes[-1]["task"]
+    assert final["learner"]["episodes"] == 4 and final["runner"]["episodes"] == 4
+    versions = summary["versions"]
+    assert versions and all(0.0 <= v["success_rate_backward"] <= 1.0 for v in versions)
     assert wall < 180.0

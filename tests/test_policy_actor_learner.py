@@ -323,3 +323,70 @@ def test_learner_mixes_an_offline_buffer(tmp_path: Path) -> None:
     assert all((offline_states == row).all(1).any() for row in batch.obs["state"][:4])
     assert learner.train_for() == 6
     assert learner.status()["offline_transitions"] == 30
+
+
+# ----- reset-free: the task one-hot from episode start events -------------------------------------
+TASKS = ("open_drawer", "close_drawer")
+TASK_OBS = ObsSpec(state_keys=("proprio", "task_onehot", "priv_cube_pos"))
+
+
+def test_actor_takes_the_task_onehot_from_the_latest_start_event(tmp_path: Path) -> None:
+    path = save_checkpoint(sac(state_dim=STATE_DIM + 2), tmp_path / "rf.safetensors")
+    with pytest.raises(PolicyError, match="'task_onehot' needs tasks"):
+        PolicyRunner(path, TASK_OBS)
+    runner = PolicyRunner(path, TASK_OBS, tasks=TASKS)
+    assert runner.observations.sources == ("ee_pose", "joints", "task", "priv")
+    feed(runner, SEC)
+    assert runner.act(SEC + 10 * MS) is None  # no episode yet: hold still, counted
+    assert runner.held["missing"] == 1 and "no episode start event" in runner.last_hold
+    runner.on_event({"event": "start", "episode": 0, "task": "open_drawer"}, SEC)
+    forward = runner.act(SEC + 20 * MS)
+    assert forward is not None and forward.stamp_ns == SEC  # the task's stamp does not count
+    rows, _ = runner.observations.snapshot()
+    state = runner.observe(rows)["state"][0].numpy()
+    np.testing.assert_array_equal(state[6:8], [1.0, 0.0])  # between proprio and the cube
+    runner.on_event({"event": "success", "episode": 0, "task": "open_drawer"}, 2 * SEC)
+    runner.on_event({"event": "start", "episode": 1, "task": "close_drawer"}, 2 * SEC)
+    assert runner.task == "close_drawer"
+    feed(runner, 2 * SEC)  # same observation values, other task: another action
+    backward = runner.act(2 * SEC + 10 * MS)
+    assert backward is not None
+    assert not np.allclose(backward.normalized, forward.normalized)
+    rows, _ = runner.observations.snapshot()
+    np.testing.assert_array_equal(runner.observe(rows)["state"][0, 6:8].numpy(), [0.0, 1.0])
+    # the task never goes stale (it holds until the next start) while sensors must be fresh
+    feed(runner, 30 * SEC)
+    assert runner.act(30 * SEC + 10 * MS) is not None
+    with pytest.raises(PolicyError, match="names task 'push_cube'; the policy knows"):
+        runner.on_event({"event": "start", "episode": 2, "task": "push_cube"}, 31 * SEC)
+    feed(runner, 31 * SEC)
+    assert runner.act(31 * SEC + 10 * MS) is None and runner.held["missing"] == 2
+    assert runner.status()["task"] == ""
+
+
+def test_assembler_adds_the_episode_task_column_from_its_start_event() -> None:
+    with pytest.raises(PolicyError, match="'task_onehot' needs tasks"):
+        TransitionAssembler(TASK_OBS, 10.0, tasks=("open_drawer", "open_drawer"))
+    asm = TransitionAssembler(TASK_OBS, 10.0, wait_s=0.1, tasks=TASKS)
+    assert "task_onehot" not in asm.tick_spec.state_keys  # ticks carry no task
+    t0 = 100 * SEC
+    for episode, task in enumerate(("open_drawer", "close_drawer", "lift_rod")):
+        start = t0 + episode * 10 * SEC
+        asm.on_tick(rows_at(0), start)
+        asm.on_event({"event": "start", "episode": episode, "task": task}, start + MS)
+        for i in range(3):
+            if i:
+                asm.on_tick(rows_at(i), start + i * 100 * MS)
+            asm.on_action(np.zeros(5), start + i * 100 * MS + 2 * MS)
+        asm.on_event({"event": "success", "episode": episode}, start + 290 * MS)
+        asm.on_tick(rows_at(3), start + 300 * MS)
+    episodes = asm.poll(t0 + 60 * SEC)
+    assert [ep.task for ep in episodes] == ["open_drawer", "close_drawer"]
+    assert asm.counts["dropped_unknown_task"] == 1  # lift_rod is not one of the tasks
+    forward, backward = episodes
+    assert forward.states.shape == (4, STATE_DIM + 2)
+    np.testing.assert_array_equal(forward.states[:, 6:8], [[1.0, 0.0]] * 4)
+    np.testing.assert_array_equal(backward.states[:, 6:8], [[0.0, 1.0]] * 4)
+    # the other columns are those of a task-less spec, in the spec's order
+    np.testing.assert_allclose(forward.states[:, 0], 0.4 + 0.01 * np.arange(4), atol=1e-6)
+    np.testing.assert_allclose(forward.states[:, 8:], [[0.5, 0.0, 0.02]] * 4, atol=1e-6)

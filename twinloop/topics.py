@@ -70,6 +70,12 @@ TOPICS: dict[str, Topic] = {
         ),
         Topic("/twinloop/sim/state", "std_msgs/String", False, "twin only: JSON privileged state"),
         Topic(
+            "/twin/switch_task",
+            "std_msgs/String",
+            False,
+            "twin only: a task name; reset-free switch of the twin's task without a reset",
+        ),
+        Topic(
             "/twinloop/policy/weights",
             "std_msgs/String",
             False,

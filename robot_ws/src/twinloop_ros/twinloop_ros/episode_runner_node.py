@@ -18,8 +18,14 @@ A thin adapter over :class:`twinloop.policy.runner.EpisodeRunner` (docs/finetune
   weights announcement (``"kind": "weights"``: version, path, updates, env_steps) and a last
   one (``"kind": "final"``) with the runner's, the policy's and the learner's last status.
 
-Reset-free (a success switches the twin's task instead of resetting) needs a task switch at run
-time that twin_node does not offer yet: ``reset_free:=true`` is refused at start (exit 2).
+Reset-free (RoboFuME, ``reset_free:=true``, ``tasks:=[forward, backward]``): a success switches
+the cell to the other task instead of resetting, a failure retries the same task, and every
+``reset_every`` episodes a full reset is made. A switch is a std_msgs/String task name on
+``switch_topic`` (twin_node's /twin/switch_task), followed at once by the next ``start`` event,
+which names the task (policy and learner condition on it). Until the twin's
+/twinloop/sim/state acknowledges the switch (the new task with ``steps`` 0) its success signals
+are ignored, so a success of the previous task still in flight cannot end the new attempt.
+Reset-free needs ``success_source: sim`` (one success signal per task).
 """
 
 from __future__ import annotations
@@ -62,7 +68,11 @@ class EpisodeRunnerNodeConfig:
     drain_s: float = 30.0  # after the last episode, wait at most this long for the learner
     min_event_readers: int = 0  # wait for this many /twinloop/episode readers (the learner)
     reset_timeout_s: float = 60.0  # no reset service / answer for this long: exit 1
-    reset_free: bool = False  # not supported by twin_node yet (refused)
+    reset_free: bool = False  # on success switch to the other task instead of resetting
+    tasks: tuple[str, ...] = ("open_drawer", "close_drawer")  # (forward, backward) for reset_free
+    reset_every: int = 10  # reset_free: a full reset every N episodes (0 = only the first)
+    switch_topic: str = "/twin/switch_task"  # reset_free: std_msgs/String task name to the cell
+    switch_ack_warn_s: float = 2.0  # reset_free: warn when a switch is unacknowledged this long
     results_path: str = ""  # JSON lines: episodes, weights announcements, final status
     sim_state_topic: str = "/twinloop/sim/state"
     reward_topic: str = "/twinloop/reward"
@@ -77,11 +87,14 @@ class EpisodeRunnerNodeConfig:
         if self.success_source not in SUCCESS_SOURCES:
             msg = f"unknown success_source {self.success_source!r}. Available: {list(SUCCESS_SOURCES)}"
             raise RosAdapterError(msg)
-        if self.reset_free:
+        if self.reset_free and self.success_source != "sim":
             msg = (
-                "reset_free needs a task switch at run time, which twin_node does not offer; "
-                "use the in-process reset-free env (twinloop.policy.reset_free)"
+                "reset_free needs success_source: sim (the twin's success of the running task); "
+                f"{self.success_source!r} gives one success signal for both tasks"
             )
+            raise RosAdapterError(msg)
+        if self.reset_free and (len(self.tasks) != 2 or self.tasks[0] == self.tasks[1]):
+            msg = f"reset_free needs tasks = [forward, backward], two names, got {list(self.tasks)}"
             raise RosAdapterError(msg)
         if not (math.isfinite(self.status_period_s) and self.status_period_s > 0):
             msg = f"status_period_s must be > 0, got {self.status_period_s}"
@@ -100,6 +113,9 @@ class EpisodeRunnerNodeConfig:
             reset_timeout_s=self.reset_timeout_s,
             settle_s=self.settle_s,
             drain_s=self.drain_s,
+            reset_free=self.reset_free,
+            tasks=self.tasks if self.reset_free else (),
+            reset_every=self.reset_every,
         )
 
 
@@ -115,6 +131,10 @@ class EpisodeRunnerNode(Node):
         self._client = self.create_client(Trigger, cfg.reset_service) if cfg.reset_service else None
         self._reset_wanted = False
         self._event_pub = self.create_publisher(String, cfg.episode_topic, COMMAND_QOS)
+        self._switch_pub = (
+            self.create_publisher(String, cfg.switch_topic, COMMAND_QOS) if cfg.reset_free else None
+        )
+        self._switch_wait: tuple[str, int] | None = None  # (task, since ns) until acknowledged
         self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
         if cfg.success_source == "sim":
             self.create_subscription(String, cfg.sim_state_topic, self._on_state, COMMAND_QOS)
@@ -134,6 +154,11 @@ class EpisodeRunnerNode(Node):
         self.create_timer(0.02, self._tick)
         self.create_timer(cfg.status_period_s, self._publish_status)
         how = f"reset by {cfg.reset_service}" if cfg.reset_service else "operator start events"
+        if cfg.reset_free:
+            how += (
+                f", reset-free {cfg.tasks[0]} <-> {cfg.tasks[1]} via {cfg.switch_topic} (full "
+                f"reset every {cfg.reset_every or 'never'})"
+            )
         self.get_logger().info(
             f"{cfg.episodes} episodes of at most {cfg.max_steps} steps at {cfg.control_hz:g} Hz, "
             f"{how}, success from {cfg.success_source}"
@@ -146,6 +171,7 @@ class EpisodeRunnerNode(Node):
     def _run(self, commands: list[Command]) -> None:
         for command in commands:
             if command.kind == "reset":
+                self._switch_wait = None  # a reset also restores the twin's start task
                 self._reset_wanted = True
                 self._call_reset()
             elif command.kind == "event":
@@ -157,7 +183,12 @@ class EpisodeRunnerNode(Node):
                              "policy": self._policy_status, "learner": self._learner_status})  # fmt: skip
                 if not self.done.done():
                     self.done.set_result(int(command.payload["code"]))
-            else:  # "switch": refused at start (reset_free), so never emitted here
+            elif command.kind == "switch" and self._switch_pub is not None:
+                task = str(command.payload["task"])
+                self._switch_wait = (task, self._now())
+                self._switch_pub.publish(String(data=task))
+                self.get_logger().info(f"switching the cell to {task} (no reset)")
+            else:
                 self.get_logger().error(f"cannot carry out {command.kind!r}")
 
     def _log_event(self, payload: dict[str, Any]) -> None:
@@ -198,6 +229,12 @@ class EpisodeRunnerNode(Node):
                 info = parsed if isinstance(parsed, dict) else {"message": response.message}
             except json.JSONDecodeError:
                 info = {"message": response.message}
+        forward = self.cfg.tasks[0]
+        if ok and self.cfg.reset_free and info and info.get("task") not in (None, forward):
+            self.get_logger().error(
+                f"the cell reset into {info.get('task')!r}, not the forward task {forward!r}: "
+                "start the twin with task:= the forward task"
+            )
         self._run(self.runner.on_reset_done(ok, info, self._now()))
 
     def _tick(self) -> None:
@@ -220,10 +257,30 @@ class EpisodeRunnerNode(Node):
         try:
             state = sim_state_from_msg(msg)
             success, episode = bool(state["success"]), int(state["episode"])
+            task, steps = str(state["task"]), int(state["steps"])
         except (RosAdapterError, TypeError, ValueError) as err:
             self.get_logger().error(f"dropping sim state: {err}", throttle_duration_sec=2.0)
             return
+        if not self._switch_acknowledged(task, steps):
+            return
         self._run(self.runner.on_success(success, self._now(), episode=episode))
+
+    def _switch_acknowledged(self, task: str, steps: int) -> bool:
+        """Reset-free: ignore the cell's states until it reports the switched task, steps 0."""
+        if self._switch_wait is None:
+            return True
+        wanted, since = self._switch_wait
+        if task == wanted and steps == 0:
+            self._switch_wait = None
+            return True
+        waited_s = (self._now() - since) / 1e9
+        if waited_s > self.cfg.switch_ack_warn_s:
+            self.get_logger().warning(
+                f"the cell has not switched to {wanted} after {waited_s:.1f} s (it reports "
+                f"{task}); is twin_node listening on {self.cfg.switch_topic}?",
+                throttle_duration_sec=5.0,
+            )
+        return False
 
     def _on_reward(self, msg: JointState) -> None:
         try:

@@ -8,7 +8,9 @@ A thin adapter over :class:`twinloop.policy.learner.TransitionAssembler` and
   has a value within ``sync_tolerance_s`` of the others (stamp: the oldest of them);
 - subscribes ``action_topic`` (default /twinloop/safe_action: what the arm applied, after the
   safety layer's clipping and holds), /twinloop/reward (``reward_source: topic``) and
-  /twinloop/episode; episodes are assembled ``wait_s`` after their end event;
+  /twinloop/episode; episodes are assembled ``wait_s`` after their end event; a reset-free
+  policy (``task_onehot`` in ``state_keys``) gets, on every row of an episode, the one-hot of
+  the task its start event names (index in ``tasks``);
 - trains on a background thread (``utd`` gradient steps per environment step, online buffer
   mixed with the optional offline ``dataset``), writes ``out_dir/policy_v{N}.safetensors`` at
   most every ``publish_every_s`` and announces it on ``weights_topic`` (std_msgs/String JSON
@@ -78,6 +80,7 @@ class LearnerNodeConfig:
     image_size: int = 0  # ObsSpec.image_size
     action_scale: tuple[float, ...] = TWIN_ACTION_SCALE  # metric action / scale = [-1, 1]
     fingers: int = 2  # finger joints at the end of /joint_states
+    tasks: tuple[str, ...] = ("open_drawer", "close_drawer")  # task_onehot order (reset-free)
     control_hz: float = 10.0  # the cell's control rate (matching tolerances default to half)
     sync_tolerance_s: float = 0.05  # sources of one observation tick lie within this
     reward_source: str = "success"  # success: -1/0 from events; topic: /twinloop/reward values
@@ -167,9 +170,9 @@ class LearnerNode(Node):
         obs = cfg.obs_spec()
         self.learner, source = build_learner(cfg, obs)
         self.assembler = TransitionAssembler(
-            obs, cfg.control_hz, reward_source=cfg.reward_source, wait_s=cfg.wait_s
+            obs, cfg.control_hz, reward_source=cfg.reward_source, wait_s=cfg.wait_s, tasks=cfg.tasks
         )
-        self._latest = LatestObservations(obs)
+        self._latest = LatestObservations(self.assembler.tick_spec)  # the task is per episode
         self._sync_ns = int(cfg.sync_tolerance_s * 1e9)
         self._last_tick = -1
         self._episodes: deque[AssembledEpisode] = deque()  # assembled, for the trainer thread
@@ -295,7 +298,8 @@ class LearnerNode(Node):
         for ep in self.assembler.poll(self._now()):
             self._episodes.append(ep)
             self.get_logger().info(
-                f"episode {ep.episode}: {len(ep)} transitions, success {ep.success}, "
+                f"episode {ep.episode}{f' ({ep.task})' if ep.task else ''}: {len(ep)} transitions, "
+                f"success {ep.success}, "
                 f"{ep.matched_rewards} rewards from the topic"
             )
 

@@ -10,6 +10,10 @@ A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_lear
   observation stamp it was computed from). The safety node turns it into /twinloop/safe_action;
   this node never publishes safe actions. Without fresh, new observations it publishes nothing
   (the safety watchdog holds the arm) and counts why;
+- a reset-free policy (``task_onehot`` in ``state_keys``) is conditioned on the task of the
+  newest ``start`` event on ``episode_topic`` (the one-hot of its index in ``tasks``); before the
+  first one it holds still (counted as ``missing``), a start event of an unknown task is logged
+  and the node holds until a known one comes;
 - listens for weight announcements on ``weights_topic`` (std_msgs/String JSON
   ``{"version": n, "path": ...}``, reliable, transient local) and loads them on a background
   thread; the control timer keeps running while weights load. A file of another
@@ -80,11 +84,13 @@ class PolicyNodeConfig:
     device: str = "cpu"  # torch device of the policy
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = True  # the mean action (False: sample from the policy)
+    tasks: tuple[str, ...] = ("open_drawer", "close_drawer")  # task_onehot order (reset-free)
     source: str = "policy"  # header.frame_id of the actions (the safety node's source name)
     image_topic: str = "/camera/camera/color/image_raw"
     joint_states_topic: str = "/joint_states"
     ee_pose_topic: str = "/twinloop/ee_pose"
     sim_state_topic: str = "/twinloop/sim/state"  # read only for priv_* state keys
+    episode_topic: str = "/twinloop/episode"  # read only for the task_onehot state key
     action_topic: str = "/twinloop/action"
     weights_topic: str = "/twinloop/policy/weights"
     status_topic: str = "/twinloop/policy/status"
@@ -131,6 +137,7 @@ class PolicyNode(Node):
             device=cfg.device,
             max_obs_age_s=cfg.max_obs_age_s,
             deterministic=cfg.deterministic,
+            tasks=cfg.tasks,
         )
         self._pub = self.create_publisher(JointState, cfg.action_topic, COMMAND_QOS)
         self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
@@ -145,6 +152,8 @@ class PolicyNode(Node):
             self.create_subscription(PoseStamped, cfg.ee_pose_topic, self._on_pose, SENSOR_QOS)
         if "priv" in sources:
             self.create_subscription(String, cfg.sim_state_topic, self._on_sim_state, COMMAND_QOS)
+        if "task" in sources:
+            self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
         self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
         self._last_log: dict[str, float] = {}
         self._ticks: deque[float] = deque(maxlen=512)  # monotonic times of timer callbacks
@@ -206,6 +215,16 @@ class PolicyNode(Node):
             self.runner.observations.update_privileged(state, now)
 
         self._update("sim state", update)
+
+    def _on_event(self, msg: String) -> None:
+        try:
+            event = json_from_msg(msg)
+            self.runner.on_event(event, self._now())
+        except (PolicyError, RosAdapterError) as err:
+            self.get_logger().error(f"holding still: {err}", throttle_duration_sec=LOG_PERIOD_S)
+            return
+        if event.get("event") == "start":
+            self.get_logger().info(f"episode {event.get('episode')}: task {self.runner.task}")
 
     # ----- control -------------------------------------------------------------------------------
     def _tick(self) -> None:

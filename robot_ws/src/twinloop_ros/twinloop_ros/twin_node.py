@@ -7,8 +7,14 @@ A thin adapter over :class:`twinloop.sim2real.twin.Twin`:
   ``base_frame_id``) and the privileged /twinloop/sim/state (JSON) after every control step;
 - applies the newest fresh /twinloop/safe_action once per control step (``control_hz``); with none
   newer than ``action_timeout_s`` the arm holds still (zero delta, gripper as last commanded);
-- services ``~/reset`` (std_srvs/Trigger; episode k uses seed ``seed + k``) and ``~/get_params``
+- services ``~/reset`` (std_srvs/Trigger; episode k uses seed ``seed + k``; after task switches
+  it restores the start ``task``) and ``~/get_params``
   (Trigger; JSON of the physical parameters and their ranges);
+- topic ``~/switch_task`` (/twin/switch_task, std_msgs/String: a task name): reset-free
+  training switches the task at run time without a reset (the physics stays as it is, the step
+  count restarts, success and reward become the new task's); the next /twinloop/sim/state (sent at
+  once, ``steps`` 0) names the new task. A task on other objects, or an unknown one, is refused
+  with a logged error and the twin keeps running its task;
 - physical parameters are node parameters ``params.<name>`` (``params.cube.mass``): set them at
   start (``-p params.cube.mass:=0.2``) or at run time (``ros2 param set /twin params.cube.mass
   0.2``); the twin validates them and a bad name or value is rejected with its reason.
@@ -56,7 +62,7 @@ from .conversions import (
 from .errors import RosAdapterError
 from .node_utils import main_exit, params_from_dataclass, qos_for
 
-__all__ = ["PARAM_PREFIX", "TwinNode", "TwinNodeConfig", "main"]
+__all__ = ["PARAM_PREFIX", "SWITCH_TOPIC", "TwinNode", "TwinNodeConfig", "main"]
 
 PARAM_PREFIX = "params."  # node parameter "params.cube.mass" is the twin parameter "cube.mass"
 
@@ -64,13 +70,14 @@ COLOR_TOPIC = "/camera/camera/color/image_raw"
 INFO_TOPIC = "/camera/camera/color/camera_info"
 DEPTH_TOPIC = "/camera/camera/aligned_depth_to_color/image_raw"
 DEPTH_INFO_TOPIC = "/camera/camera/aligned_depth_to_color/camera_info"
+SWITCH_TOPIC = "/twin/switch_task"  # ~/switch_task of the node named "twin"
 
 
 @dataclass(frozen=True)
 class TwinNodeConfig:
     """The node's parameters (one ROS parameter per field)."""
 
-    task: str = "push_cube"  # one of twinloop.sim2real.tasks.TASKS
+    task: str = "push_cube"  # one of twinloop.sim2real.tasks.TASKS (at start; ~/switch_task later)
     image_width: int = 320  # camera image width, px
     image_height: int = 240  # camera image height, px
     camera_fps: float = 15.0  # colour (and depth) frames per second
@@ -155,6 +162,10 @@ class TwinNode(Node):
         )
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_service(Trigger, "~/get_params", self._on_get_params)
+        self.create_subscription(
+            String, "~/switch_task", self._on_switch_task, qos_for(SWITCH_TOPIC)
+        )
+        self.switches = 0  # task switches carried out
 
         self._reset_twin()
         if cfg.realtime:
@@ -240,6 +251,23 @@ class TwinNode(Node):
         self.get_logger().info(f"reset: episode {self._episode}, seed {seed}")
         return response
 
+    def _on_switch_task(self, msg: String) -> None:
+        """Reset-free: another task on the same objects, no reset (physics untouched)."""
+        name, before = msg.data.strip(), self.twin.task.name
+        try:
+            self.twin.switch_task(name)
+        except TwinError as err:
+            self.get_logger().error(f"refusing to switch task: {err}; staying with {before}")
+            return
+        self.switches += 1
+        self._reward = self.twin.task.reward(self.twin.physics)
+        self._success = self.twin.success()
+        self._publish_state(self._stamp())  # steps 0 and the new task: the switch is done
+        self.get_logger().info(
+            f"task {before} -> {name} without a reset (switch {self.switches}, "
+            f"success {self._success})"
+        )
+
     def _on_get_params(
         self, request: Trigger.Request, response: Trigger.Response
     ) -> Trigger.Response:
@@ -253,6 +281,8 @@ class TwinNode(Node):
     # ----- the loop --------------------------------------------------------------------------
     def _reset_twin(self) -> int | None:
         seed = self.cfg.seed + self._episode if self.cfg.seed >= 0 else None
+        if self.twin.task.name != self.cfg.task:  # a full reset ends a reset-free run of switches
+            self.twin.switch_task(self.cfg.task)
         self._sim_offset_ns += round(self.twin.physics.time * 1e9)
         self.twin.reset(seed=seed)
         self._next_frame_t = 0.0
