@@ -145,7 +145,15 @@ def exp_calql(args: argparse.Namespace) -> dict[str, Any]:
     data = record(args.out / "calql_demos.zarr", args.task, args.demos, ("expert",),
                   noise=args.demo_noise, size=64, seed=args.seed)  # fmt: skip
     obs = ObsSpec(state_keys=default_state_keys(args.task, privileged=True))
-    cfg = CalQLConfig(cql_n_actions=args.cql_actions, batch_size=args.batch_size)
+    cfg = CalQLConfig(
+        cql_n_actions=args.cql_actions,
+        batch_size=args.batch_size,
+        cql_alpha=args.cql_alpha,
+        bc_steps=args.bc_steps,
+        actor_lr=args.actor_lr,
+        init_temperature=args.init_temperature,
+        temperature_lr=args.temperature_lr,
+    )
     return run_phases(
         "calql", "calql", cfg, obs, data, args.task, args.out,
         offline_steps=args.offline_steps, online_steps=args.online_steps,
@@ -205,7 +213,7 @@ def _curve(evals: Sequence[tuple[int, float]]) -> str:
 def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[float, float]) -> str:
     twin = _twin_module()
     lines = [
-        f"## benchmarks/finetune.py: learning in the twin ({args.task})",
+        f"## benchmarks/finetune.py {', '.join(results)}: learning in the twin ({args.task})",
         "",
         f"`python benchmarks/finetune.py {' '.join(args.argv)}`".replace("  ", " "),
         "",
@@ -222,7 +230,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[float,
         r = results["calql"]
         lines += [
             f"### Cal-QL, {args.demos} scripted demos, state-based (proprio + privileged object "
-            "state), -1/0 success reward",
+            f"state), -1/0 success reward; cql_alpha {args.cql_alpha}, {args.cql_actions} sampled "
+            f"actions, BC warm-up {args.bc_steps} updates, actor lr {args.actor_lr}, initial "
+            f"alpha {args.init_temperature}",
             "",
             "| phase | budget | success (last eval) | curve (step: success) | wall |",
             "|---|---|---:|---|---:|",
@@ -290,6 +300,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--offline-steps", type=int, default=5000, help="Cal-QL offline updates")
     p.add_argument("--online-steps", type=int, default=30000, help="Cal-QL online env steps")
     p.add_argument("--cql-actions", type=int, default=4, help="Cal-QL sampled actions (CORL 10)")
+    p.add_argument("--cql-alpha", type=float, default=1.0, help="Cal-QL conservative weight")
+    p.add_argument("--bc-steps", type=int, default=1000, help="Cal-QL behaviour-cloning warm-up")
+    p.add_argument("--actor-lr", type=float, default=3e-4, help="Cal-QL actor learning rate")
+    p.add_argument("--init-temperature", type=float, default=0.05, help="Cal-QL initial alpha")
+    p.add_argument("--temperature-lr", type=float, default=3e-4, help="Cal-QL alpha learning rate")
     p.add_argument("--noisy-episodes", type=int, default=40, help="episodes of the noisy set")
     p.add_argument("--iql-steps", type=int, default=10000, help="IQL/BC updates")
     p.add_argument("--image-size", type=int, default=84, help="image side (84 or 100)")
@@ -335,7 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "report.md").write_text(body + "\n")
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if not args.no_results:
-        _twin_module().update_results(args.results, SECTION, body)
+        # one section per experiment set, so runs of different experiments do not overwrite
+        _twin_module().update_results(args.results, f"{SECTION} {'+'.join(results)}", body)
     log.info("wrote %s", args.out / "report.md")
     return 0
 
