@@ -35,7 +35,7 @@ import torch
 from .base import Algorithm, load_checkpoint
 from .errors import PolicyError
 from .obs import ObsSpec, images_from_rows, state_from_rows, unnormalize_action
-from .reset_free import TASK_KEY, task_onehot
+from .reset_free import TASK_KEY, check_tasks, task_onehot
 
 __all__ = [
     "HELD_SOURCES",
@@ -202,14 +202,7 @@ class PolicyRunner:
             msg = f"max_obs_age_s must be a positive number of seconds, got {max_obs_age_s}"
             raise PolicyError(msg)
         self.tasks = tuple(tasks)  # task i of a start event -> one-hot i (reset-free policies)
-        if TASK_KEY in obs.state_keys and (
-            not self.tasks or len(set(self.tasks)) != len(self.tasks)
-        ):
-            msg = (
-                f"state key {TASK_KEY!r} needs tasks: the distinct task names of the one-hot "
-                f"(forward, backward), got {list(self.tasks)}"
-            )
-            raise PolicyError(msg)
+        check_tasks(obs.state_keys, self.tasks)
         self.task = ""  # the task of the newest start event ("" = none yet)
         self.spec = obs
         self.device = torch.device(device)

@@ -49,7 +49,7 @@ from .buffers import MixedSampler, ReplayBuffer
 from .common import Batch
 from .errors import PolicyError
 from .obs import ObsSpec, images_from_rows, normalize_action, state_from_rows
-from .reset_free import TASK_KEY, task_onehot
+from .reset_free import TASK_KEY, check_tasks, task_onehot
 
 __all__ = [
     "LEARNER_CHECKPOINT",
@@ -119,14 +119,7 @@ class TransitionAssembler:
             msg = f"unknown reward_source {reward_source!r}. Available: {list(REWARD_SOURCES)}"
             raise PolicyError(msg)
         self.tasks = tuple(tasks)  # task i of a start event -> task_onehot i (reset-free)
-        if TASK_KEY in obs.state_keys and (
-            not self.tasks or len(set(self.tasks)) != len(self.tasks)
-        ):
-            msg = (
-                f"state key {TASK_KEY!r} needs tasks: the distinct task names of the one-hot "
-                f"(forward, backward), got {list(self.tasks)}"
-            )
-            raise PolicyError(msg)
+        check_tasks(obs.state_keys, self.tasks)
         half = 0.5 / control_hz
         self.spec = obs
         # ticks carry no task (it is the episode's, set at assembly): the rows on_tick expects

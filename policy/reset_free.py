@@ -23,7 +23,14 @@ from .errors import PolicyError
 from .obs import ObsSpec
 from .twin_env import NpObs, PolicyTwinEnv
 
-__all__ = ["TASK_KEY", "ResetFreeStats", "ResetFreeTwinEnv", "add_task_column", "task_onehot"]
+__all__ = [
+    "TASK_KEY",
+    "ResetFreeStats",
+    "ResetFreeTwinEnv",
+    "add_task_column",
+    "check_tasks",
+    "task_onehot",
+]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,16 @@ def task_onehot(index: int, n: int = 2) -> np.ndarray:
     out = np.zeros(n, dtype=np.float32)
     out[index] = 1.0
     return out
+
+
+def check_tasks(state_keys: tuple[str, ...], tasks: tuple[str, ...]) -> None:
+    """A ``task_onehot`` state key needs the distinct task names its one-hot indexes."""
+    if TASK_KEY in state_keys and (not tasks or len(set(tasks)) != len(tasks)):
+        msg = (
+            f"state key {TASK_KEY!r} needs tasks: the distinct task names of the one-hot "
+            f"(forward, backward), got {list(tasks)}"
+        )
+        raise PolicyError(msg)
 
 
 def add_task_column(

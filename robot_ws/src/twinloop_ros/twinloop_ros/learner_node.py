@@ -30,12 +30,9 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from twinloop.policy.actor import LatestObservations
 from twinloop.policy.base import load_checkpoint
@@ -53,13 +50,11 @@ from .conversions import (
     action_from_msg,
     episode_event_from_msg,
     json_to_msg,
-    pose_from_msg,
-    rgb_from_msg,
-    sim_state_from_msg,
     stamp_to_ns,
 )
 from .errors import RosAdapterError
-from .node_utils import COMMAND_QOS, SENSOR_QOS, exit_if_help, main_exit, params_from_dataclass
+from .node_utils import COMMAND_QOS, exit_if_help, main_exit, params_from_dataclass
+from .obs_inputs import KeyedThrottle, ObservationInputs
 from .policy_node import WEIGHTS_QOS
 
 __all__ = ["LearnerNode", "LearnerNodeConfig", "main"]
@@ -176,20 +171,20 @@ class LearnerNode(Node):
         self._sync_ns = int(cfg.sync_tolerance_s * 1e9)
         self._last_tick = -1
         self._episodes: deque[AssembledEpisode] = deque()  # assembled, for the trainer thread
-        self._last_log: dict[str, float] = {}
         self._weights_pub = self.create_publisher(String, cfg.weights_topic, WEIGHTS_QOS)
         self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
+        self._throttle = KeyedThrottle(LOG_PERIOD_S)
         sources = self._latest.sources
-        if "image" in sources:
-            self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS)
-        if "joints" in sources:
-            self.create_subscription(
-                JointState, cfg.joint_states_topic, self._on_joints, SENSOR_QOS
-            )
-        if "ee_pose" in sources:
-            self.create_subscription(PoseStamped, cfg.ee_pose_topic, self._on_pose, SENSOR_QOS)
-        if "priv" in sources:
-            self.create_subscription(String, cfg.sim_state_topic, self._on_sim_state, COMMAND_QOS)
+        self._inputs = ObservationInputs(
+            self,
+            self._latest,
+            image_topic=cfg.image_topic,
+            joint_states_topic=cfg.joint_states_topic,
+            ee_pose_topic=cfg.ee_pose_topic,
+            sim_state_topic=cfg.sim_state_topic,
+            warn=self._warn,
+            after=self._maybe_tick,
+        )
         self.create_subscription(JointState, cfg.action_topic, self._on_action, COMMAND_QOS)
         if cfg.reward_source == "topic":
             self.create_subscription(JointState, cfg.reward_topic, self._on_reward, COMMAND_QOS)
@@ -222,19 +217,10 @@ class LearnerNode(Node):
         return int(self.get_clock().now().nanoseconds)
 
     def _warn(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(kind, -math.inf) >= LOG_PERIOD_S:
-            self._last_log[kind] = now
+        if self._throttle.ready(kind):
             self.get_logger().warning(text)
 
-    # ----- observations -> ticks ---------------------------------------------------------------
-    def _update(self, kind: str, update: Any) -> None:
-        try:
-            update()
-            self._maybe_tick()
-        except (PolicyError, RosAdapterError) as err:
-            self._warn(f"bad_{kind}", f"dropping a {kind} message: {err}")
-
+    # ----- observations (ObservationInputs) -> ticks ------------------------------------------
     def _maybe_tick(self) -> None:
         rows, stamps = self._latest.snapshot()
         if len(stamps) < len(self._latest.sources):
@@ -245,31 +231,6 @@ class LearnerNode(Node):
             return
         self._last_tick = oldest
         self.assembler.on_tick(rows, oldest)
-
-    def _on_image(self, msg: Image) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._update("image", lambda: self._latest.update_image(rgb_from_msg(msg), stamp))
-
-    def _on_joints(self, msg: JointState) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        pos, vel = np.asarray(msg.position, float), np.asarray(msg.velocity, float)
-        self._update("joint state", lambda: self._latest.update_joints(pos, vel, stamp))
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        def update() -> None:
-            pos, quat = pose_from_msg(msg)
-            self._latest.update_ee_pose(np.concatenate([pos, quat]), stamp_to_ns(msg.header.stamp))
-
-        self._update("ee pose", update)
-
-    def _on_sim_state(self, msg: String) -> None:
-        now = self._now()
-        self._update(
-            "sim state",
-            lambda: self._latest.update_privileged(
-                sim_state_from_msg(msg)["privileged_state"], now
-            ),
-        )
 
     # ----- actions, rewards, events ------------------------------------------------------------
     def _on_action(self, msg: JointState) -> None:

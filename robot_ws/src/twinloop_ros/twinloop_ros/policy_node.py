@@ -35,10 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from geometry_msgs.msg import PoseStamped
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSHistoryPolicy, QoSProfile, QoSReliabilityPolicy
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from twinloop.policy.actor import PolicyRunner
 from twinloop.policy.errors import PolicyError
@@ -48,14 +47,11 @@ from .conversions import (
     action_to_msg,
     json_from_msg,
     json_to_msg,
-    pose_from_msg,
-    rgb_from_msg,
-    sim_state_from_msg,
     stamp_from_ns,
-    stamp_to_ns,
 )
 from .errors import RosAdapterError
-from .node_utils import COMMAND_QOS, SENSOR_QOS, exit_if_help, main_exit, params_from_dataclass
+from .node_utils import COMMAND_QOS, exit_if_help, main_exit, params_from_dataclass
+from .obs_inputs import KeyedThrottle, ObservationInputs
 
 __all__ = ["WEIGHTS_QOS", "PolicyNode", "PolicyNodeConfig", "main"]
 
@@ -141,21 +137,20 @@ class PolicyNode(Node):
         )
         self._pub = self.create_publisher(JointState, cfg.action_topic, COMMAND_QOS)
         self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
+        self._throttle = KeyedThrottle(LOG_PERIOD_S)
         sources = self.runner.observations.sources
-        if "image" in sources:
-            self.create_subscription(Image, cfg.image_topic, self._on_image, SENSOR_QOS)
-        if "joints" in sources:
-            self.create_subscription(
-                JointState, cfg.joint_states_topic, self._on_joints, SENSOR_QOS
-            )
-        if "ee_pose" in sources:
-            self.create_subscription(PoseStamped, cfg.ee_pose_topic, self._on_pose, SENSOR_QOS)
-        if "priv" in sources:
-            self.create_subscription(String, cfg.sim_state_topic, self._on_sim_state, COMMAND_QOS)
+        self._inputs = ObservationInputs(
+            self,
+            self.runner.observations,
+            image_topic=cfg.image_topic,
+            joint_states_topic=cfg.joint_states_topic,
+            ee_pose_topic=cfg.ee_pose_topic,
+            sim_state_topic=cfg.sim_state_topic,
+            warn=self._warn,
+        )
         if "task" in sources:
             self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
         self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
-        self._last_log: dict[str, float] = {}
         self._ticks: deque[float] = deque(maxlen=512)  # monotonic times of timer callbacks
         self._sent: deque[float] = deque(maxlen=512)  # monotonic times of published actions
         self._pending: Future[int] | None = None
@@ -176,46 +171,10 @@ class PolicyNode(Node):
         return int(self.get_clock().now().nanoseconds)
 
     def _warn(self, kind: str, text: str) -> None:
-        now = time.monotonic()
-        if now - self._last_log.get(kind, -math.inf) >= LOG_PERIOD_S:
-            self._last_log[kind] = now
+        if self._throttle.ready(kind):
             self.get_logger().warning(text)
 
-    # ----- observations ------------------------------------------------------------------------
-    def _update(self, kind: str, update: Any) -> None:
-        try:
-            update()
-        except (PolicyError, RosAdapterError) as err:
-            self._warn(f"bad_{kind}", f"dropping a {kind} message: {err}")
-
-    def _on_image(self, msg: Image) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._update(
-            "image", lambda: self.runner.observations.update_image(rgb_from_msg(msg), stamp)
-        )
-
-    def _on_joints(self, msg: JointState) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        pos, vel = np.asarray(msg.position, float), np.asarray(msg.velocity, float)
-        self._update("joint state", lambda: self.runner.observations.update_joints(pos, vel, stamp))
-
-    def _on_pose(self, msg: PoseStamped) -> None:
-        def update() -> None:
-            pos, quat = pose_from_msg(msg)
-            pose = np.concatenate([pos, quat])
-            self.runner.observations.update_ee_pose(pose, stamp_to_ns(msg.header.stamp))
-
-        self._update("ee pose", update)
-
-    def _on_sim_state(self, msg: String) -> None:
-        now = self._now()  # the String has no header: stamped on arrival
-
-        def update() -> None:
-            state = sim_state_from_msg(msg)["privileged_state"]
-            self.runner.observations.update_privileged(state, now)
-
-        self._update("sim state", update)
-
+    # ----- observations (ObservationInputs) and episode events ---------------------------------
     def _on_event(self, msg: String) -> None:
         try:
             event = json_from_msg(msg)
