@@ -36,7 +36,13 @@ from twinloop.policy.base import make_algorithm
 from twinloop.policy.buffers import RewardSpec, load_offline
 from twinloop.policy.networks import EncoderSpec
 from twinloop.policy.obs import ObsSpec, default_state_keys
-from twinloop.policy.train import OfflineConfig, OnlineConfig, train_offline, train_online
+from twinloop.policy.train import (
+    OfflineConfig,
+    OnlineConfig,
+    plot_learning_curve,
+    train_offline,
+    train_online,
+)
 from twinloop.policy.twin_env import PolicyTwinEnv
 from twinloop.sim2real.record import RecordConfig, record_twin_dataset
 from twinloop.sim2real.scene import CameraConfig
@@ -103,6 +109,7 @@ def run_phases(
         out_dir=run / "offline", env=env,
     )  # fmt: skip
     t_off = time.perf_counter() - t0
+    plot_learning_curve(off.evals, run / "offline" / "learning_curve.png", title=f"{name}: success")
     figures: dict[str, Any] = {
         "name": name,
         "algo": algo_type,
