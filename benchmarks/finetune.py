@@ -173,10 +173,11 @@ def exp_iql_bc(args: argparse.Namespace) -> dict[str, Any]:
     from twinloop.policy.bc import BCConfig
     from twinloop.policy.iql import IQLConfig
 
-    # kinds cycle: 1 expert in every 4 episodes; "noisy" = expert with noise 1.0 (fails)
-    data = record(args.out / "noisy_demos.zarr", args.task, args.noisy_episodes,
-                  ("expert", "noisy", "noisy", "noisy"), noise=0.0, size=64,
-                  seed=args.seed + 500)  # fmt: skip
+    # kinds cycle (--noisy-kinds): "wrong" = a competent demo of the wrong thing, "noisy" = the
+    # expert with noise 1.0, "stall" = the expert stopping half way (see sim2real/record.py)
+    kinds = tuple(k.strip() for k in args.noisy_kinds.split(",") if k.strip())
+    data = record(args.out / "noisy_demos.zarr", args.task, args.noisy_episodes, kinds,
+                  noise=0.1, size=64, seed=args.seed + 500)  # fmt: skip
     obs = ObsSpec(state_keys=default_state_keys(args.task, privileged=True))
     out = {}
     for algo_type, cfg in (("iql", IQLConfig(batch_size=args.batch_size)),
@@ -262,8 +263,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[float,
     if "iql_bc" in results:
         iql, bc = results["iql_bc"]["iql"], results["iql_bc"]["bc"]
         lines += [
-            f"### IQL vs BC on noisy demos ({args.noisy_episodes} episodes: 1 in 4 scripted "
-            "expert, the rest the expert with noise 1.0, which fails)",
+            f"### IQL vs BC on mixed demos ({args.noisy_episodes} episodes cycling through kinds "
+            f"{args.noisy_kinds}; 'wrong' = the expert of the wrong goal, 'noisy' = the expert "
+            "with noise 1.0; both fail)",
             "",
             "| algorithm | updates | success (last eval) | curve | wall |",
             "|---|---:|---:|---|---:|",
@@ -313,6 +315,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--init-temperature", type=float, default=0.05, help="Cal-QL initial alpha")
     p.add_argument("--temperature-lr", type=float, default=3e-4, help="Cal-QL alpha learning rate")
     p.add_argument("--noisy-episodes", type=int, default=40, help="episodes of the noisy set")
+    p.add_argument("--noisy-kinds", default="expert,wrong",
+                   help="episode kinds of the IQL/BC dataset, cycled (default expert,wrong)")  # fmt: skip
     p.add_argument("--iql-steps", type=int, default=10000, help="IQL/BC updates")
     p.add_argument("--image-size", type=int, default=84, help="image side (84 or 100)")
     p.add_argument("--image-steps", type=int, default=3000, help="image IQL offline updates")

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TwinError
-from .experts import make_expert
+from .experts import EXPERTS, ScriptedExpert, make_expert
+from .tasks import TASK_PAIRS
 from .twin import Observation, Twin, TwinConfig
 
 __all__ = [
@@ -35,7 +36,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EPISODE_KINDS = ("expert", "stall", "noisy")
+EPISODE_KINDS = ("expert", "stall", "noisy", "wrong")
+# "wrong": a competent demo of the wrong thing (the paired drawer task's expert; push_cube's
+# expert towards the goal mirrored through the cube): multimodal data where averaging the
+# demonstrated actions (behaviour cloning) fails and reward-aware methods (IQL) can choose.
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,25 @@ def _frames(obs: Observation) -> tuple[np.ndarray, np.ndarray | None]:
     return obs.image, obs.depth
 
 
+def _wrong_expert(twin: Twin, noise: float, seed: int) -> ScriptedExpert:
+    task = twin.task.name
+    if task in TASK_PAIRS:
+        return EXPERTS[TASK_PAIRS[task]](twin.config, noise=noise, seed=seed)
+    if task == "push_cube":
+        return make_expert(twin, noise=noise, seed=seed)
+    msg = f"no 'wrong' episodes for task {task!r} (drawer tasks and push_cube have them)"
+    raise TwinError(msg)
+
+
+def _wrong_goal(twin: Twin, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if twin.task.name != "push_cube":
+        return state
+    cube, goal = state["cube_pos"], state["goal_pos"]
+    mirrored = goal.copy()
+    mirrored[:2] = 2 * cube[:2] - goal[:2]
+    return state | {"goal_pos": mirrored}
+
+
 def _episode(
     twin: Twin, kind: str, seed: int, cfg: RecordConfig
 ) -> tuple[dict[str, np.ndarray], bool]:
@@ -100,6 +123,9 @@ def _episode(
     obs = twin.reset(seed=seed)
     noise = cfg.failure_noise if kind == "noisy" else cfg.noise
     expert = make_expert(twin, noise=noise, seed=seed)
+    decoy = _wrong_goal if kind == "wrong" else None
+    if kind == "wrong":
+        expert = _wrong_expert(twin, noise, seed)
     max_steps = twin.task.max_steps
     stall_at = int(rng.uniform(0.15, 0.7) * max_steps) if kind == "stall" else max_steps
     rows: list[dict[str, np.ndarray]] = []
@@ -107,7 +133,8 @@ def _episode(
     image, depth = _frames(obs)
     for step in range(max_steps):
         if step < stall_at:
-            action = expert.act(twin.privileged_state())
+            state = twin.privileged_state()
+            action = expert.act(decoy(twin, state) if decoy else state)
         else:  # small random motions that do not finish the task
             action = np.concatenate([rng.normal(0, 0.005, 3), [0.0], [action[4]]])
         rows.append(observation_row(twin, image, depth) | {"action": action.astype(np.float32)})

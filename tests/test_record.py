@@ -118,3 +118,28 @@ print("trained")
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert "trained" in run.stdout
+
+
+@pytest.mark.parametrize("task", ["open_drawer", "push_cube"])
+def test_wrong_goal_episodes_are_competent_failures(tmp_path, task: str) -> None:
+    from twinloop.sim2real.scene import CameraConfig
+
+    path = tmp_path / "wrong.zarr"
+    cfg = RecordConfig(episodes=2, kinds=("expert", "wrong"), depth=False, hold_steps=0)
+    record_twin_dataset(path, cfg, TwinConfig(task=task, camera=CameraConfig(width=32, height=32)))
+    store = EpisodeStore.open(path)
+    metas = [store.episode_meta(i) for i in range(2)]
+    assert [m["kind"] for m in metas] == ["expert", "wrong"]
+    assert metas[0]["success"] and not metas[1]["success"]
+    wrong = store.get_episode(1)
+    moved = np.linalg.norm(np.diff(wrong["ee_pose"][:, :3], axis=0), axis=1).sum()
+    assert moved > 0.1  # it acts with purpose (not a stall), towards the wrong goal
+
+
+def test_wrong_episodes_need_a_task_with_a_wrong_goal(tmp_path) -> None:
+    with pytest.raises(TwinError, match="no 'wrong' episodes for task 'lift_rod'"):
+        record_twin_dataset(
+            tmp_path / "w.zarr",
+            RecordConfig(episodes=1, kinds=("wrong",), depth=False),
+            TwinConfig(task="lift_rod"),
+        )
