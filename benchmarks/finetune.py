@@ -160,9 +160,10 @@ def exp_calql(args: argparse.Namespace) -> dict[str, Any]:
         actor_lr=args.actor_lr,
         init_temperature=args.init_temperature,
         temperature_lr=args.temperature_lr,
+        enable_calql=not args.cql,
     )
     return run_phases(
-        "calql", "calql", cfg, obs, data, args.task, args.out,
+        "cql" if args.cql else "calql", "calql", cfg, obs, data, args.task, args.out,
         offline_steps=args.offline_steps, online_steps=args.online_steps,
         eval_every_off=max(1, args.offline_steps // 4), eval_every_on=args.eval_every,
         eval_episodes=args.eval_episodes, seed=args.seed,
@@ -237,7 +238,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[float,
     if "calql" in results:
         r = results["calql"]
         lines += [
-            f"### Cal-QL, {args.demos} scripted demos, state-based (proprio + privileged object "
+            f"### {'CQL (no calibration)' if args.cql else 'Cal-QL'}, {args.demos} scripted demos, state-based (proprio + privileged object "
             f"state), -1/0 success reward; cql_alpha {args.cql_alpha}, {args.cql_actions} sampled "
             f"actions, BC warm-up {args.bc_steps} updates, actor lr {args.actor_lr}, initial "
             f"alpha {args.init_temperature}",
@@ -309,6 +310,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--offline-steps", type=int, default=5000, help="Cal-QL offline updates")
     p.add_argument("--online-steps", type=int, default=30000, help="Cal-QL online env steps")
     p.add_argument("--cql-actions", type=int, default=4, help="Cal-QL sampled actions (CORL 10)")
+    p.add_argument("--cql", action="store_true",
+                   help="plain CQL (no Monte-Carlo lower bound): the collapse baseline")  # fmt: skip
     p.add_argument("--cql-alpha", type=float, default=1.0, help="Cal-QL conservative weight")
     p.add_argument("--bc-steps", type=int, default=1000, help="Cal-QL behaviour-cloning warm-up")
     p.add_argument("--actor-lr", type=float, default=3e-4, help="Cal-QL actor learning rate")
