@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .common import Batch, Obs, check_batch, check_common, mlp, obs_to, soft_update
+from .common import Batch, Obs, check_batch, check_common, mlp, soft_update
 from .errors import PolicyError
-from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor
+from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor, policy_action
 
 __all__ = ["IQL", "IQLConfig", "advantage_weights", "expectile_loss"]
 
@@ -179,9 +179,9 @@ class IQL:
     @torch.no_grad()
     def act(self, obs: Obs, *, deterministic: bool = True) -> torch.Tensor:
         """(B, A) actions in [-1, 1]: tanh of the mean, or a sample when not deterministic."""
-        feats = self.encoder(obs_to(obs, self.device))
-        action, _ = self.actor(feats, deterministic=deterministic, with_log_prob=False)
-        return action
+        return policy_action(
+            self.encoder, self.actor, obs, self.device, deterministic=deterministic
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {

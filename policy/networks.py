@@ -28,6 +28,7 @@ __all__ = [
     "FrozenBackbone",
     "ObsEncoder",
     "TanhGaussianActor",
+    "policy_action",
     "random_shift",
 ]
 
@@ -302,6 +303,21 @@ def _log_prob(u: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch
     # log det of tanh: log(1 - tanh(u)^2) = 2 * (log 2 - u - softplus(-2u)), numerically stable
     correction = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
     return (normal - correction).sum(-1)
+
+
+@torch.no_grad()
+def policy_action(
+    encoder: ObsEncoder,
+    actor: TanhGaussianActor,
+    obs: Mapping[str, torch.Tensor],
+    device: torch.device,
+    *,
+    deterministic: bool = True,
+) -> torch.Tensor:
+    """(B, A) actions in [-1, 1]: tanh of the mean, or a sample when not deterministic."""
+    feats = encoder({k: v.to(device, non_blocking=True) for k, v in obs.items()})
+    action, _ = actor(feats, deterministic=deterministic, with_log_prob=False)
+    return action
 
 
 class _EnsembleLinear(nn.Module):

@@ -27,9 +27,9 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from .common import Batch, Obs, check_batch, check_common, obs_to, soft_update
+from .common import Batch, Obs, check_batch, check_common, soft_update
 from .errors import PolicyError
-from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor
+from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor, policy_action
 
 __all__ = [
     "SAC",
@@ -305,9 +305,9 @@ class SoftActorCritic:
     @torch.no_grad()
     def act(self, obs: Obs, *, deterministic: bool = True) -> torch.Tensor:
         """(B, A) actions in [-1, 1]: tanh of the mean, or a sample when not deterministic."""
-        feats = self.encoder(obs_to(obs, self.device))
-        action, _ = self.actor(feats, deterministic=deterministic, with_log_prob=False)
-        return action
+        return policy_action(
+            self.encoder, self.actor, obs, self.device, deterministic=deterministic
+        )
 
     _MODULES: ClassVar[tuple[str, ...]] = ("encoder", "actor", "critic", "critic_target")
     _OPTIMS: ClassVar[tuple[str, ...]] = ("actor_opt", "critic_opt", "alpha_opt")
