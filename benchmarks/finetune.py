@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import cpu_model, git_rev, update_results
 from twinloop.policy.base import make_algorithm
 from twinloop.policy.buffers import RewardSpec, load_offline
 from twinloop.policy.networks import EncoderSpec
@@ -52,16 +52,6 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
 SECTION = "finetune.py"
 log = logging.getLogger("bench.finetune")
-
-
-def _twin_module() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_twin", HERE / "twin.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("benchmarks/twin.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def record(path: Path, task: str, episodes: int, kinds: tuple[str, ...], *, noise: float,
@@ -220,15 +210,14 @@ def _curve(evals: Sequence[tuple[int, float]]) -> str:
 
 
 def report(args: argparse.Namespace, results: dict[str, Any], load: tuple[float, float]) -> str:
-    twin = _twin_module()
     lines = [
         f"## benchmarks/finetune.py {', '.join(results)}: learning in the twin ({args.task})",
         "",
         f"`python benchmarks/finetune.py {' '.join(args.argv)}`".replace("  ", " "),
         "",
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
-        f"commit {twin.git_rev()}",
-        f"- CPU: {twin.cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
+        f"commit {git_rev()}",
+        f"- CPU: {cpu_model()}, {os.cpu_count()} logical cores; torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s); Python {platform.python_version()}",
         f"- Machine load: {load[0]:.2f} before, {load[1]:.2f} after (1 min load average)",
         "- Success = the twin's true success predicate; evaluation: "
@@ -365,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
     if not args.no_results:
         # one section per experiment set, so runs of different experiments do not overwrite
-        _twin_module().update_results(args.results, f"{SECTION} {'+'.join(results)}", body)
+        update_results(args.results, f"{SECTION} {'+'.join(results)}", body)
     log.info("wrote %s", args.out / "report.md")
     return 0
 

@@ -27,17 +27,14 @@ window. Results go to benchmarks/RESULTS.md, into this script's own section per 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import datetime as dt
 import functools
-import importlib.util
 import math
 import multiprocessing as mp
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,6 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_common import cpu_model, git_rev, update_results
 from torch import nn
 from twinloop.policy.base import load_checkpoint, make_algorithm, save_checkpoint
 from twinloop.policy.common import Batch
@@ -559,26 +557,6 @@ def pct(values: Sequence[float], q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def git_rev() -> str:
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", *cmd], cwd=HERE, capture_output=True, text=True, check=True)
-        return out.stdout.strip()
-
-    try:
-        rev = git("rev-parse", "--short", "HEAD")
-        return rev + (" (uncommitted changes)" if git("status", "--porcelain") else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def machine(args: argparse.Namespace, load: tuple[float, float]) -> list[str]:
     lines = [
         f"- Date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; commit {git_rev()}",
@@ -716,17 +694,6 @@ def reading(args: argparse.Namespace, cases: list[UpdateCase], jitter: list[Jitt
             )
         parts.append(text + ".")
     return " ".join(parts) if parts else "nothing was measured."
-
-
-def update_results(path: Path, section: str, body: str) -> None:
-    """benchmarks/twin.py owns the RESULTS.md layout: its writer, loaded only to write."""
-    spec = importlib.util.spec_from_file_location("bench_twin", HERE / "twin.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("benchmarks/twin.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.update_results(path, section, body)
 
 
 # ----- main ----------------------------------------------------------------------------------------
