@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from bench_common import cpu_model, git_rev, update_results
 from torch import nn
 from twinloop.policy.base import load_checkpoint, make_algorithm, save_checkpoint
+from twinloop.policy.buffers import MixedSampler, ReplayBuffer
 from twinloop.policy.common import Batch
 from twinloop.policy.networks import EncoderSpec
 
@@ -60,6 +61,7 @@ INPUTS = ("state", "image")
 STATE_DIM, ACTION_DIM, IMAGE_SIZE = 20, 5, 84
 CONTROL_HZ = 10.0
 TARGET_RATIO = 1.0  # ours / reference updates per second, from the issue
+TARGET_UTD = 4.0  # updates per transition at 10 Hz with images, on a GPU (the issue)
 
 
 def log(text: str) -> None:
@@ -394,6 +396,59 @@ def run_updates(args: argparse.Namespace) -> list[UpdateCase]:
     return cases
 
 
+def filled_buffer(spec: EncoderSpec, size: int, device: torch.device, seed: int) -> ReplayBuffer:
+    """A replay buffer on ``device`` holding ``size`` transitions in 100-step random episodes."""
+    buf = ReplayBuffer(size, spec.state_dim, spec.action_dim, spec.image_size, device=device)
+    rng = np.random.default_rng(seed)
+    for _ in range(max(1, size // 100)):
+        t = 100
+        images = None
+        if spec.uses_image:
+            shape = (t + 1, 3, spec.image_size, spec.image_size)
+            images = rng.integers(0, 256, shape, dtype=np.uint8)
+        buf.add_episode(
+            rng.standard_normal((t + 1, spec.state_dim)).astype(np.float32),
+            rng.uniform(-1, 1, (t, spec.action_dim)).astype(np.float32),
+            -(rng.random(t) < 0.9).astype(np.float32),
+            terminated=bool(rng.random() < 0.5),
+            images=images,
+        )
+    return buf
+
+
+@dataclass
+class EndToEndCase:
+    algo: str
+    kind: str
+    rates: list[float] = field(default_factory=list)
+
+
+def run_end_to_end(args: argparse.Namespace) -> list[EndToEndCase]:
+    """Ours as the learner node runs it: a 50/50 MixedSampler batch from two replay buffers on
+    the device (offline + online), then ``update``; sampling is timed here."""
+    cases = []
+    for kind in args.inputs:
+        spec = make_spec(kind)
+        sampler = MixedSampler(
+            filled_buffer(spec, args.buffer, args.device, 1),
+            filled_buffer(spec, args.buffer, args.device, 2),
+            0.5,
+        )
+        for algo in args.algos:
+            ours = make_algorithm(algo, spec, device=args.device, seed=0)
+
+            def step(ours: Any = ours, sampler: MixedSampler = sampler) -> None:
+                ours.update(sampler.sample(args.batch))
+
+            step()
+            case = EndToEndCase(algo, kind)
+            for _ in range(args.rounds):
+                case.rates.append(rate(step, args.seconds, args.device))
+            cases.append(case)
+            log(f"end to end {algo}/{kind}: {med(case.rates):.1f} upd/s")
+    return cases
+
+
 # ----- 2. control-loop jitter while a learner trains ------------------------------------------
 @dataclass
 class JitterResult:
@@ -585,6 +640,7 @@ def report(
     jitter: list[JitterResult],
     elapsed: float,
     load: tuple[float, float],
+    e2e: Sequence[EndToEndCase] = (),
 ) -> str:
     mode = "quick run (--quick)" if args.quick else "full run"
     cmd = " ".join(["python", "benchmarks/learner.py", *sys.argv[1:]])
@@ -622,6 +678,23 @@ def report(
             f"{min(c.ratios):.2f}-{max(c.ratios):.2f} | {med(c.ours) / CONTROL_HZ:.2f} | "
             f">= {TARGET_RATIO:g}x: {verdict(ratio >= TARGET_RATIO)} |"
         )
+    if e2e:
+        lines += [
+            "",
+            "### 1b. The learner's loop: sampling + update (ours)",
+            "",
+            f"`MixedSampler.sample({args.batch})`, 50/50 from two `ReplayBuffer`s on the "
+            f"{args.device.type} ({args.buffer} transitions each, 100-step episodes, frames "
+            "stored once), then `update`: what `learner_node` does per gradient step. "
+            f"{args.rounds} windows of >= {args.seconds:g} s; median.",
+            "",
+            f"| algo | input | upd/s | UTD @ {CONTROL_HZ:g} Hz |",
+            "|---|---|---:|---:|",
+        ]
+        for e in e2e:
+            lines.append(
+                f"| {e.algo} | {e.kind} | {med(e.rates):.2f} | {med(e.rates) / CONTROL_HZ:.2f} |"
+            )
     if jitter:
         lines += [
             "",
@@ -648,11 +721,16 @@ def report(
                 f"{pct(j.act_ms, 50):.1f} / {pct(j.act_ms, 99):.1f} | {j.learner_updates} | "
                 f"{j.checkpoints} | {j.swaps} | {pct(j.load_ms, 50):.0f} |"
             )
-    lines += ["", "**Reading.** " + reading(args, cases, jitter)]
+    lines += ["", "**Reading.** " + reading(args, cases, jitter, e2e)]
     return "\n".join(lines).rstrip() + "\n"
 
 
-def reading(args: argparse.Namespace, cases: list[UpdateCase], jitter: list[JitterResult]) -> str:
+def reading(
+    args: argparse.Namespace,
+    cases: list[UpdateCase],
+    jitter: list[JitterResult],
+    e2e: Sequence[EndToEndCase] = (),
+) -> str:
     parts = []
     for kind in args.inputs:
         kc = [c for c in cases if c.kind == kind]
@@ -678,6 +756,19 @@ def reading(args: argparse.Namespace, cases: list[UpdateCase], jitter: list[Jitt
             f"With images this {args.device.type} sustains UTD "
             + ", ".join(f"{med(c.ours) / CONTROL_HZ:.2f} ({c.algo})" for c in image)
             + f" at {CONTROL_HZ:g} Hz (best {best.algo}: {med(best.ours):.1f} upd/s)."
+        )
+    e2e_image = [e for e in e2e if e.kind == "image"]
+    if e2e_image:
+        worst = min(e2e_image, key=lambda e: med(e.rates))
+        utd = med(worst.rates) / CONTROL_HZ
+        parts.append(
+            "Sampling from the replay buffers included, the slowest image learner "
+            f"({worst.algo}) sustains UTD {utd:.2f} at {CONTROL_HZ:g} Hz ("
+            + (
+                f"target >= {TARGET_UTD:g}: {verdict(utd >= TARGET_UTD)})."
+                if args.device.type == "cuda"
+                else f"the >= {TARGET_UTD:g} target is for a GPU)."
+            )
         )
     base = next((j for j in jitter if j.learner == "none"), None)
     for j in jitter:
@@ -748,6 +839,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="learner checkpoint period, s (default 2, quick 0.5)",
     )
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help="also time sampling + update from replay buffers on the device (section 1b)",
+    )
+    parser.add_argument(
+        "--buffer",
+        type=int,
+        default=None,
+        help="transitions per replay buffer for --end-to-end (default 10000, quick 400)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md")
     parser.add_argument("--results", type=Path, default=RESULTS, help="results file to update")
     args = parser.parse_args(argv)
@@ -764,6 +866,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.batch = args.batch or (16 if quick else 256)
     args.jitter_seconds = args.jitter_seconds or (2.0 if quick else 20.0)
     args.save_every = args.save_every or (0.5 if quick else 2.0)
+    args.buffer = args.buffer or (400 if quick else 10_000)
     args.jitter_algo = args.algos[0]
     if args.seconds <= 0 or args.rounds < 1 or args.batch < 2 or args.threads < 1:
         parser.error("--seconds, --rounds, --batch (>= 2) and --threads must be positive")
@@ -776,6 +879,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
     cases = run_updates(args)
+    e2e = run_end_to_end(args) if args.end_to_end else []
     jitter: list[JitterResult] = []
     if args.learner != "none":
         torch.set_num_threads(1)  # the actor's process: one thread, as a policy node would
@@ -783,7 +887,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             for mode in ("none", args.learner):
                 log(f"jitter: 10 Hz actor, learner {mode}, {args.jitter_seconds:g} s")
                 jitter.append(run_jitter(args, mode, Path(tmp)))
-    body = report(args, cases, jitter, time.monotonic() - t0, (load_before, os.getloadavg()[0]))
+    load = (load_before, os.getloadavg()[0])
+    body = report(args, cases, jitter, time.monotonic() - t0, load, e2e)
     sys.stdout.write(body)
     if not args.no_write:
         update_results(args.results, f"learner.py {args.device.type}", body)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from .common import Batch, Obs, check_batch, check_common
+from .common import Batch, Obs, adam, check_batch, check_common
 from .errors import PolicyError
 from .networks import EncoderSpec, ObsEncoder, TanhGaussianActor, policy_action
 
@@ -54,7 +54,7 @@ class BC:
             self.device
         )
         params = [p for p in self.encoder.parameters() if p.requires_grad]
-        self.actor_opt = torch.optim.Adam([*self.actor.parameters(), *params], lr=config.lr)
+        self.actor_opt = adam([*self.actor.parameters(), *params], lr=config.lr)
         self.total_updates = 0
 
     def update(self, batch: Batch) -> dict[str, float]:

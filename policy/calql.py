@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .common import Batch, check_batch, check_common
+from .common import Batch, adam, check_batch, check_common
 from .errors import PolicyError
 from .networks import EncoderSpec
 from .sac import SoftActorCritic, _check_fraction, _check_positive, _check_tau
@@ -182,7 +182,7 @@ class CalQL(SoftActorCritic):
             _orthogonal_init(self.critic)
             self.critic_target.load_state_dict(self.critic.state_dict())
         self.log_alpha_prime = torch.zeros((), device=self.device, requires_grad=c.cql_lagrange)
-        self.alpha_prime_opt = torch.optim.Adam([self.log_alpha_prime], lr=c.critic_lr)
+        self.alpha_prime_opt = adam([self.log_alpha_prime], lr=c.critic_lr)
 
     _OPTIMS: ClassVar[tuple[str, ...]] = (*SoftActorCritic._OPTIMS, "alpha_prime_opt")
 
@@ -277,11 +277,7 @@ class CalQL(SoftActorCritic):
             cur_a, cur_logp, next_a, next_logp = self._sample_policy(feats.detach(), next_feats)
             target = self._td_target(batch, next_feats, next_a, next_logp)
             rand_a = torch.rand(b, n, a, device=self.device) * 2.0 - 1.0
-        # one ensemble call for the data action and all 3N sampled actions, all at s
-        actions = torch.cat([batch.action.unsqueeze(1), rand_a, cur_a, next_a], dim=1)
-        k = actions.shape[1]
-        rep = feats.unsqueeze(1).expand(b, k, feats.shape[-1]).reshape(b * k, -1)
-        q = self.critic(rep, actions.reshape(b * k, a)).view(-1, b, k)
+        q = self._q_at_s(feats, [batch.action.unsqueeze(1), rand_a, cur_a, next_a])
         q_data = q[..., 0]
         q_rand, q_cur, q_next = q[..., 1:].split(n, dim=-1)
         bellman = (q_data - target.unsqueeze(0)).square().mean(dim=1).sum()
@@ -305,6 +301,22 @@ class CalQL(SoftActorCritic):
             bound = mc.unsqueeze(-1)
             log["calql_bound_rate"] = (q_cur.detach() < bound).float().mean()
         return feats.detach()
+
+    def _q_at_s(self, feats: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+        """Q of every critic at s for each (B, k_i, A) action group: (n_critics, B, sum k_i).
+
+        On a GPU one ensemble call over all groups (fewest kernel launches); on a CPU one call
+        per group, whose activations stay in cache (a 3x faster ReLU backward measured here).
+        """
+        b, f = feats.shape
+        if self.device.type != "cpu":
+            groups = [torch.cat(groups, dim=1)]
+        out = []
+        for actions in groups:
+            k, a = actions.shape[1], actions.shape[2]
+            rep = feats.unsqueeze(1).expand(b, k, f).reshape(b * k, f)
+            out.append(self.critic(rep, actions.reshape(b * k, a)).view(-1, b, k))
+        return out[0] if len(out) == 1 else torch.cat(out, dim=-1)
 
     def _conservative_loss(self, gap: torch.Tensor, log: dict[str, torch.Tensor]) -> torch.Tensor:
         """alpha_cql * gap summed over critics; with lagrange, alpha' * alpha_cql * (gap - target)

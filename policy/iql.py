@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from .common import Batch, Obs, check_batch, check_common, mlp, soft_update
+from .common import Batch, Obs, adam, check_batch, check_common, mlp, soft_update
 from .errors import PolicyError
 from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor, policy_action
 
@@ -93,9 +93,9 @@ class IQL:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.value = mlp(feat, c.hidden, 1).to(self.device)
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.critic.parameters(), *enc_params], lr=c.critic_lr)
-        self.value_opt = torch.optim.Adam(self.value.parameters(), lr=c.value_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=c.actor_lr)
+        self.critic_opt = adam([*self.critic.parameters(), *enc_params], lr=c.critic_lr)
+        self.value_opt = adam(self.value.parameters(), lr=c.value_lr)
         self.actor_sched: torch.optim.lr_scheduler.LRScheduler | None = None
         if c.max_steps > 0:
             self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
-from .common import Batch, Obs, check_batch, check_common, soft_update
+from .common import Batch, Obs, adam, check_batch, check_common, soft_update
 from .errors import PolicyError
 from .networks import CriticEnsemble, EncoderSpec, ObsEncoder, TanhGaussianActor, policy_action
 
@@ -229,9 +229,9 @@ class SoftActorCritic:
             -float(spec.action_dim) if c.target_entropy is None else float(c.target_entropy)
         )
         enc_params = [p for p in self.encoder.parameters() if p.requires_grad]
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=actor_lr)
-        self.critic_opt = torch.optim.Adam([*self.critic.parameters(), *enc_params], lr=critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=temperature_lr)
+        self.actor_opt = adam(self.actor.parameters(), lr=actor_lr)
+        self.critic_opt = adam([*self.critic.parameters(), *enc_params], lr=critic_lr)
+        self.alpha_opt = adam([self.log_alpha], lr=temperature_lr)
         self.online = False
         self.total_updates = 0  # update() calls
         self.critic_updates = 0  # critic gradient steps (utd per update() for SAC)

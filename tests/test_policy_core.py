@@ -133,6 +133,37 @@ def test_critic_ensemble_members_are_independent() -> None:
     assert len(norms) == 2 and norms[0].weight.shape == (3, 1, 8)
 
 
+def test_critic_ensemble_cpu_member_path_equals_the_batched_path() -> None:
+    """On a CPU members run one by one (2-D matmuls); values and gradients match the batched
+    (n, B, in) pass that GPUs use."""
+    torch.manual_seed(0)
+    for layer_norm in (False, True):
+        critic = CriticEnsemble(5, 2, n=3, hidden=(16, 16), layer_norm=layer_norm)
+        feats = torch.randn(7, 5, requires_grad=True)
+        act = torch.rand(7, 2)
+        q_member = critic(feats, act)
+        (g_member,) = torch.autograd.grad(q_member.square().sum(), feats)
+        x = torch.cat([feats, act], dim=-1)
+        q_batched = critic.net(x.unsqueeze(0).expand(3, 7, 7)).squeeze(-1)
+        (g_batched,) = torch.autograd.grad(q_batched.square().sum(), feats)
+        torch.testing.assert_close(q_member, q_batched)
+        torch.testing.assert_close(g_member, g_batched)
+
+
+def test_calql_groups_on_cpu_equal_one_call() -> None:
+    """Cal-QL's per-group critic calls on a CPU give the one-call (GPU) values."""
+    torch.manual_seed(0)
+    algo = make_algorithm("calql", EncoderSpec(6, 2), device="cpu", seed=0)
+    feats = torch.randn(4, 6)
+    groups = [torch.rand(4, k, 2) * 2 - 1 for k in (1, 3, 3, 3)]
+    split = algo._q_at_s(feats, groups)
+    cat = torch.cat(groups, dim=1)
+    rep = feats.unsqueeze(1).expand(4, 10, 6).reshape(40, 6)
+    whole = algo.critic(rep, cat.reshape(40, 2)).view(-1, 4, 10)
+    assert split.shape == (2, 4, 10)
+    torch.testing.assert_close(split, whole)
+
+
 def test_obs_encoder_shapes_and_errors() -> None:
     spec = EncoderSpec(state_dim=4, image_size=32, features=10, channels=8)
     enc = ObsEncoder(spec)
