@@ -30,6 +30,7 @@ $(STAMP): pyproject.toml robot_ws/src/twinloop_ros/setup.py | system-deps
 demo: setup
 	$(VENV)/bin/twinloop demo --episodes $${EPISODES:-3}
 	$(VENV)/bin/twinloop finetune --profile sim --quick
+	$(VENV)/bin/twinloop sysid round --quick --out runs/demo_sysid
 
 test: setup
 	$(PY) -m pytest -q
@@ -40,6 +41,7 @@ bench: setup  # about 20 minutes: twin + DDS, recording, rewards, learner update
 	$(PY) benchmarks/reward.py
 	$(PY) benchmarks/learner.py --threads 1
 	@echo "learning in the twin (about an hour): $(PY) benchmarks/finetune.py"
+	@echo "ASID system identification (about 30 minutes): $(PY) benchmarks/asid.py"
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -398,6 +398,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_finetune_command(sub)
 
+    from twinloop.sim2real.asid.cli import add_command as add_sysid_command
+
+    add_sysid_command(sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 

@@ -17,7 +17,8 @@ A thin adapter over :class:`twinloop.sim2real.twin.Twin`:
   with a logged error and the twin keeps running its task;
 - physical parameters are node parameters ``params.<name>`` (``params.cube.mass``): set them at
   start (``-p params.cube.mass:=0.2``) or at run time (``ros2 param set /twin params.cube.mass
-  0.2``); the twin validates them and a bad name or value is rejected with its reason.
+  0.2``); the twin validates them and a bad name or value is rejected with its reason. With
+  ``params_file`` (a ``twinloop sysid apply`` file) the identified values are the start values.
 
 With ``realtime: true`` (default) a timer runs one control step (1 / control_hz s of physics) per
 1 / control_hz s of wall time and another renders at camera_fps; stamps are the node clock's
@@ -47,6 +48,7 @@ from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
+from twinloop.sim2real.asid.apply import load_twin_params, scene_params
 from twinloop.sim2real.errors import TwinError
 from twinloop.sim2real.scene import CameraConfig
 from twinloop.sim2real.twin import Twin, TwinConfig
@@ -88,6 +90,9 @@ class TwinNodeConfig:
     camera_frame_id: str = "camera_color_optical_frame"  # realsense-ros colour optical frame
     base_frame_id: str = "base_link"  # frame of /twinloop/ee_pose (the arm base)
     action_timeout_s: float = 0.5  # a safe_action older than this is not applied: the arm holds
+    # twin_params.json written by `twinloop sysid apply`: its current version's parameters of this
+    # scene are the start values (params.<name> given at start still override them). "": none.
+    params_file: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.camera_fps <= 120.0:
@@ -182,6 +187,10 @@ class TwinNode(Node):
     # ----- physical parameters ---------------------------------------------------------------
     def _declare_physical_params(self) -> None:
         specs = self.twin.params.specs
+        if self.cfg.params_file:  # a bad or missing file fails the start, naming it
+            identified = scene_params(load_twin_params(self.cfg.params_file), specs)
+            self.twin.set_params(identified)
+            self.get_logger().info(f"twin parameters from {self.cfg.params_file}: {identified}")
         for name, value in self.twin.get_params().items():
             spec = specs[name]
             descriptor = ParameterDescriptor(
