@@ -123,8 +123,9 @@ def run_setting(args: argparse.Namespace, key: str, workdir: Path) -> dict[str, 
     rets = trained.episode_returns
     policy = PolicyExplorer(trained.checkpoint)
     cem_cfg = CEMConfig(
-        population=args.population, elites=args.elites, iterations=args.iterations, seed=args.seed
-    )
+        population=args.population, elites=args.elites, iterations=args.iterations,
+        init_std=args.init_std, seed=args.seed,
+    )  # fmt: skip
     twin_cfg = TwinConfig(task=task, render=False)
     rng = np.random.default_rng(1000 + args.seed)
     draws: list[DrawResult] = []
@@ -146,8 +147,9 @@ def run_setting(args: argparse.Namespace, key: str, workdir: Path) -> dict[str, 
             )
             moved = np.linalg.norm(rollout.object_pose[-1, :3] - rollout.object_pose[0, :3])
             est, ident = identify(
-                rollout, twin_cfg, names, prior, cem_config=cem_cfg, workers=args.workers
-            )
+                rollout, twin_cfg, names, prior, cem_config=cem_cfg, workers=args.workers,
+                horizon=rollout.meta["approach_steps"] + args.horizon,
+            )  # fmt: skip
             res.estimate[explorer.name] = est
             res.spread[explorer.name] = ident.spread
             res.seconds[explorer.name] = ident.seconds
@@ -260,8 +262,9 @@ def report(args: argparse.Namespace, results: dict[str, Any], spd: dict[str, flo
         "drawn from the prior at every reset. Random baseline: uniform actions, same budget. "
         f"One rollout of {args.episode_steps} actions per draw and explorer on a twin with the "
         f"hidden true parameters; CEM population {args.population}, elites {args.elites}, "
-        f"{args.iterations} iterations, {args.workers} worker processes; estimate = the final "
-        f"elite mean. {args.draws} draws per setting, true values uniform over the prior (the CoM "
+        f"{args.iterations} iterations, initial std {args.init_std:g} x the prior width, "
+        f"{args.workers} worker processes; mismatch over the approach + {args.horizon} steps; "
+        f"estimate = the best candidate. {args.draws} draws per setting, true values uniform over the prior (the CoM "
         f"offset's magnitude uniform in [{MIN_ABS_COM}, 0.1] m, random sign: relative errors of "
         "offsets near 0 are undefined).",
         "",
@@ -339,14 +342,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                 epilog="Full run: ~20-30 min on 2 cores; --quick: ~2 min.")  # fmt: skip
     p.add_argument("--settings", default="rod,cube", help="subset of rod,cube")
     p.add_argument("--draws", type=int, default=None, help="true-parameter draws (default 10)")
-    p.add_argument("--steps", type=int, default=None, help="exploration training steps (30000)")
+    p.add_argument("--steps", type=int, default=None, help="exploration training steps (15000)")
     p.add_argument("--random-steps", type=int, default=1500)
     p.add_argument("--episode-steps", type=int, default=30)
     p.add_argument("--population", type=int, default=None, help="CEM population (64)")
     p.add_argument("--elites", type=int, default=None, help="CEM elites (8)")
     p.add_argument("--iterations", type=int, default=None, help="CEM iterations (12)")
     p.add_argument("--workers", type=int, default=2, help="CEM worker processes")
-    p.add_argument("--dr-draws", type=int, default=8, help="prior draws for domain randomisation")
+    p.add_argument("--horizon", type=int, default=10, help="steps compared after the approach")
+    p.add_argument("--init-std", type=float, default=1.0, help="CEM initial std (of the width)")
+    p.add_argument("--dr-draws", type=int, default=16, help="prior draws for domain randomisation")
     p.add_argument("--refine", type=int, default=2, help="grasp grid refinements")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
@@ -361,7 +366,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     args.draws = args.draws or (2 if q else 10)
-    args.steps = args.steps or (300 if q else 30_000)
+    args.steps = args.steps or (300 if q else 15_000)
     args.random_steps = min(args.random_steps, args.steps)
     args.population = args.population or (12 if q else 64)
     args.elites = args.elites or (4 if q else 8)

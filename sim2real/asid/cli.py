@@ -186,8 +186,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
     prior = _prior(args.prior, names, rollout.task)
     out = Path(args.out)
     config = CEMConfig(
-        population=args.population, elites=args.elites, iterations=args.iterations, seed=args.seed
-    )
+        population=args.population, elites=args.elites, iterations=args.iterations,
+        init_std=args.init_std, seed=args.seed,
+    )  # fmt: skip
     twin_config = TwinConfig(task=rollout.task, control_hz=rollout.control_hz, render=False)
     with _progress_bar(config.iterations, "CEM", "it") as bar:
 
@@ -197,7 +198,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
         estimate, ident = identify(
             rollout, twin_config, names, prior, cem_config=config, workers=args.workers,
-            backend=args.backend, progress=progress,
+            backend=args.backend, horizon=_horizon(rollout, args.horizon), progress=progress,
         )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     result = {
@@ -220,6 +221,13 @@ def cmd_identify(args: argparse.Namespace) -> int:
         f"worker(s)); wrote {out / 'result.json'} and {out / 'fit.png'}\n"
     )
     return 0
+
+
+def _horizon(rollout: Any, after_approach: int) -> int | None:
+    """Steps to compare: the recorded approach + ``after_approach`` (0: the whole rollout)."""
+    if after_approach <= 0:
+        return None
+    return int(rollout.meta.get("approach_steps", 0)) + after_approach
 
 
 # ----- apply -----------------------------------------------------------------------------------------
@@ -291,11 +299,12 @@ def cmd_round(args: argparse.Namespace) -> int:
         f"({rollout.steps} steps) -> {out / 'rollout.zarr'}\n"
     )
     cem_cfg = CEMConfig(population=24 if quick else 64, elites=6 if quick else 8,
-                        iterations=5 if quick else 12, seed=args.seed)  # fmt: skip
+                        iterations=5 if quick else 12, init_std=1.0, seed=args.seed)  # fmt: skip
     twin_config = TwinConfig(task="lift_rod", render=False)
     estimate, ident = identify(
-        rollout, twin_config, (name,), prior, cem_config=cem_cfg, workers=args.workers
-    )
+        rollout, twin_config, (name,), prior, cem_config=cem_cfg, workers=args.workers,
+        horizon=_horizon(rollout, 10),
+    )  # fmt: skip
     (out / "identify").mkdir(exist_ok=True)
     (out / "identify" / "result.json").write_text(
         json.dumps({"task": "lift_rod", "true_params": true, **ident.to_dict()}, indent=1)
@@ -370,8 +379,12 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--population", type=int, default=64)
     p.add_argument("--elites", type=int, default=8)
     p.add_argument("--iterations", type=int, default=12)
+    p.add_argument("--init-std", type=float, default=1.0,
+                   help="initial CEM std as a fraction of each prior width (default 1.0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="parallel replay workers")
     p.add_argument("--backend", default="process", help="process (default) or ray")
+    p.add_argument("--horizon", type=int, default=10,
+                   help="compare the approach + this many exploration steps (0: all; default 10)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (result.json, fit.png)")
     p.set_defaults(func=cmd_identify)

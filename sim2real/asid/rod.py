@@ -40,12 +40,19 @@ class GraspOffsetPolicy(LiftRodExpert):
         return super().plan(state)
 
 
+FAILED_TILT = 90.0  # deg, reported when the rod was not lifted (a rod left lying is level)
+LIFTED_Z = 0.05  # m, the rod's centre of mass must end above this for a lift to count
+
+
 def lift_tilt(twin: Twin, grasp_offset: float, *, seed: int = 0) -> float:
-    """Run the lift with ``grasp_offset`` on ``twin``; the rod's tilt (deg) at the end."""
+    """Run the lift with ``grasp_offset`` on ``twin``; the rod's tilt (deg) at the end, or
+    FAILED_TILT when the rod did not come up (the grasp missed or slipped)."""
     policy = GraspOffsetPolicy(grasp_offset, twin.config)
     twin.reset(seed=seed)
     for _ in range(LIFT_STEPS):
         twin.step(policy.act(twin.privileged_state()))
+    if twin.physics.body_com("rod")[2] < LIFTED_Z:
+        return FAILED_TILT
     return rod_tilt(twin.physics)
 
 

@@ -148,10 +148,15 @@ class SysIdRollout:
 
 
 def replay(
-    twin: Twin, rollout: SysIdRollout, params: Mapping[str, float] | None = None
+    twin: Twin,
+    rollout: SysIdRollout,
+    params: Mapping[str, float] | None = None,
+    *,
+    steps: int | None = None,
 ) -> np.ndarray:
     """Run the rollout's actions open-loop in ``twin`` (with ``params`` set first) from its
-    initial object pose; returns the (T + 1, 7) object poses the twin produced."""
+    initial object pose; returns the (T + 1, 7) object poses the twin produced (only the first
+    ``steps`` actions and steps + 1 poses when given)."""
     if params:
         twin.set_params(params)
     body = object_body(twin)
@@ -160,9 +165,10 @@ def replay(
     joint = f"{body}_joint"
     twin.physics.set_free_pose(joint, start[:3], start[3:])
     mujoco.mj_forward(twin.physics.model, twin.physics.data)
-    out = np.empty((rollout.steps + 1, 7))
+    actions = rollout.actions if steps is None else rollout.actions[:steps]
+    out = np.empty((len(actions) + 1, 7))
     out[0] = object_pose(twin, body)
-    for t, action in enumerate(rollout.actions):
+    for t, action in enumerate(actions):
         twin.apply_action(action)
         twin.advance(twin.n_substeps)
         out[t + 1] = object_pose(twin, body)
@@ -228,13 +234,19 @@ def save_rollout(rollout: SysIdRollout, path: str | Path, *, overwrite: bool = F
 
 
 def load_rollout(path: str | Path) -> SysIdRollout:
+    from twinloop.datasets.errors import DatasetError
     from twinloop.datasets.store import EpisodeStore
 
     path = Path(path)
     if not path.exists():
         msg = f"no rollout at {path}"
         raise TwinError(msg)
-    with EpisodeStore.open(path) as store:
+    try:
+        store = EpisodeStore.open(path)
+    except DatasetError as err:
+        msg = f"{path} is not a sysid rollout: {err}"
+        raise TwinError(msg) from err
+    with store:
         attrs = store.attrs.get("sysid")
         if not isinstance(attrs, Mapping) or attrs.get("schema") != SCHEMA:
             msg = f"{path} is not a sysid rollout (no 'sysid' attrs of schema {SCHEMA})"
