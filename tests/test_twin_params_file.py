@@ -19,7 +19,7 @@ from twinloop.graph import Graph, GraphProcesses, load_graph
 
 pytestmark = pytest.mark.ros
 
-DOMAIN_ID = 1 + (os.getpid() + 71) % 100  # below 102: DDS ports out of the ephemeral range
+DOMAIN_ID = 1 + (os.getpid() + 83) % 100  # below 102: DDS ports out of the ephemeral range
 
 
 def test_scene_params_keeps_this_scenes_parameters() -> None:

@@ -158,6 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         msg = f"{out} exists; pass --overwrite to replace it"
         raise TwinError(msg)
     true = _values(args.true, "--true")
+    if args.graph:
+        return _run_on_graph(args, true, out)
     explorer = RandomExplorer(args.seed) if args.policy is None else PolicyExplorer(args.policy)
     twin = Twin(TwinConfig(task=args.task, render=False), params=true)
     rollout = collect_rollout(
@@ -169,6 +171,42 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"recorded a {rollout.steps}-step {explorer.name} rollout on {args.task} into {out} "
         f"(object moved {moved * 100:.1f} cm)\n"
+    )
+    return 0
+
+
+def _run_on_graph(args: argparse.Namespace, true: Mapping[str, float], out: Path) -> int:
+    """The rollout through the ROS 2 graph: twin_node (lockstep, with the hidden parameters) +
+    safety_node + sysid_node, as processes; every action goes through the safety layer."""
+    from twinloop.graph import Graph, GraphProcesses, NodeSpec, load_graph
+
+    from .rollout import load_rollout
+
+    sim = load_graph("sim")
+    twin = {"task": args.task, "realtime": False, "action_timeout_s": 60.0,
+            "image_width": 64, "image_height": 48, "camera_fps": 2.0,
+            **{f"params.{k}": v for k, v in true.items()}}  # fmt: skip
+    sysid = {"task": args.task, "policy": args.policy or "", "steps": args.steps,
+             "seed": args.seed, "out": str(out), "overwrite": bool(args.overwrite)}  # fmt: skip
+    graph = Graph(
+        "sysid",
+        (
+            sim.node("twin").with_parameters(twin),
+            sim.node("safety").with_parameters({"watchdog_ms": 60_000.0}),
+            NodeSpec("sysid", "twinloop_ros", "sysid_node", sysid, required=True),
+        ),
+    )
+    sys.stdout.write("running the exploration rollout on the graph: twin, safety, sysid\n")
+    with GraphProcesses(graph) as procs:
+        code = procs.wait(timeout=args.timeout)
+        codes = procs.stop()
+    if code != 0 or codes.get("sysid") != 0 or not out.exists():
+        msg = f"the graph rollout failed (sysid_node exit {codes.get('sysid')}); see the node log above"
+        raise TwinError(msg)
+    rollout = load_rollout(out)
+    sys.stdout.write(
+        f"recorded a {rollout.steps}-step rollout through the graph into {out} "
+        f"({rollout.meta.get('clipped_steps', 0)} actions limited by the safety layer)\n"
     )
     return 0
 
@@ -369,6 +407,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="rollout store (.zarr)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--graph", action="store_true",
+                   help="run through the ROS 2 graph (twin_node + safety_node + sysid_node)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=300.0, help="graph run limit, s")
     p.set_defaults(func=cmd_run)
 
     p = s.add_parser("identify", help="CEM estimate of the parameters from a rollout")

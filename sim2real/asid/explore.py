@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import mujoco
 import numpy as np
 from twinloop.sim2real.errors import TwinError
 from twinloop.sim2real.twin import ACTION_NAMES, Twin, TwinConfig
@@ -40,12 +41,15 @@ from .rollout import (
 
 __all__ = [
     "OBS_DIM",
+    "ApproachController",
     "ExplorationEnv",
     "ExploreConfig",
     "Explorer",
     "PolicyExplorer",
     "RandomExplorer",
     "collect_rollout",
+    "observation_from",
+    "to_twin_action",
     "train_exploration",
 ]
 
@@ -181,12 +185,16 @@ STANDOFF = 0.07  # m, from the object's centre (or long axis) to the pre-contact
 APPROACH_STEPS = 30  # most control steps the approach may take
 
 
-def pre_contact_pose(twin: Twin, body: str, rng: np.random.Generator) -> np.ndarray:
-    """A hand position beside the object, from its observed pose: at pushing height, STANDOFF
-    from it on a random side (and, for the rod, at a random point along its length)."""
-    pos = twin.physics.body_pos(body)
-    axis = twin.physics.body_xmat(body)[:, 1]
+def pre_contact_pose(body: str, pose: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A hand position beside the object, from its observed pose (position + wxyz quaternion):
+    at pushing height, STANDOFF from it on a random side (and, for the rod, at a random point
+    along its length)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    pos = pose[:3]
     if body == "rod":
+        xmat = np.empty(9)
+        mujoco.mju_quat2Mat(xmat, pose[3:7])  # the body's xmat, as mj_kinematics computes it
+        axis = xmat.reshape(3, 3)[:, 1]
         along = axis[:2] / max(float(np.linalg.norm(axis[:2])), 1e-9)
         side = np.array([-along[1], along[0]]) * rng.choice([-1.0, 1.0])
         xy = pos[:2] + rng.uniform(-0.1, 0.1) * along + STANDOFF * side
@@ -194,6 +202,40 @@ def pre_contact_pose(twin: Twin, body: str, rng: np.random.Generator) -> np.ndar
         angle = rng.uniform(-np.pi, np.pi)
         xy = pos[:2] + STANDOFF * np.array([np.cos(angle), np.sin(angle)])
     return np.array([xy[0], xy[1], CONTACT_Z])
+
+
+class ApproachController:
+    """The scripted approach as a pure controller: EE position in, metric action out.
+
+    Over the top to :func:`pre_contact_pose` (computed once, from the object pose it is built
+    with), then down; gripper closed; at most APPROACH_STEPS // 2 steps per leg, a leg ends
+    within 1 cm of its goal. ``None`` once both legs are done. Driven by observations only, so
+    the in-process twin and the ROS graph (where the pose comes from the tracker or the twin's
+    state) run the same approach."""
+
+    def __init__(self, body: str, object_pose: np.ndarray, rng: np.random.Generator) -> None:
+        target = pre_contact_pose(body, object_pose, rng)
+        self.goals = (np.array([target[0], target[1], APPROACH_HEIGHT]), target)
+        self._leg = 0
+        self._taken = 0  # steps on the current leg
+
+    @property
+    def done(self) -> bool:
+        return self._leg >= len(self.goals)
+
+    def __call__(self, ee_pos: np.ndarray) -> np.ndarray | None:
+        while self._leg < len(self.goals):
+            if self._taken >= APPROACH_STEPS // 2:
+                self._leg, self._taken = self._leg + 1, 0
+                continue
+            err = self.goals[self._leg] - np.asarray(ee_pos, dtype=np.float64)
+            if np.linalg.norm(err) < 0.01:
+                self._leg, self._taken = self._leg + 1, 0
+                continue
+            self._taken += 1
+            step = err * min(1.0, ACTION_SCALE[0] / float(np.linalg.norm(err)))
+            return np.array([*step, 0.0, 1.0])
+        return None
 
 
 def approach(
@@ -205,25 +247,28 @@ def approach(
     tracker): from the home pose a 30-step rollout would spend half its budget reaching the
     object, and SAC would never see a non-zero Fisher reward. Returns (action, EE pose, object
     pose) per step, for the rollout record."""
-    target = pre_contact_pose(twin, body, rng)
-    above = np.array([target[0], target[1], APPROACH_HEIGHT])
+    controller = ApproachController(body, object_pose(twin, body), rng)
     out = []
-    for goal in (above, target):
-        for _ in range(APPROACH_STEPS // 2):
-            err = goal - twin.physics.ee_pos()
-            if np.linalg.norm(err) < 0.01:
-                break
-            step = err * min(1.0, ACTION_SCALE[0] / float(np.linalg.norm(err)))
-            action = np.array([*step, 0.0, 1.0])
-            twin.step(action)
-            out.append((action, ee_pose(twin), object_pose(twin, body)))
+    while (action := controller(twin.physics.ee_pos())) is not None:
+        twin.step(action)
+        out.append((action, ee_pose(twin), object_pose(twin, body)))
     return out
 
 
 def observation(twin: Twin, body: str, t: int, horizon: int) -> np.ndarray:
-    pose = object_pose(twin, body)
-    rel = pose[:3] - twin.physics.ee_pos()
-    return np.concatenate([twin.proprio(), pose, rel, [t / horizon]]).astype(np.float32)
+    return observation_from(
+        twin.proprio(), object_pose(twin, body), twin.physics.ee_pos(), t, horizon
+    )
+
+
+def observation_from(
+    proprio: np.ndarray, object_pose: np.ndarray, ee_pos: np.ndarray, t: int, horizon: int
+) -> np.ndarray:
+    """The explorer's observation from raw values: proprio as ``Twin.proprio()`` builds it, the
+    object pose (position + wxyz quaternion), the EE position, step t of ``horizon``."""
+    pose = np.asarray(object_pose, dtype=np.float64)
+    rel = pose[:3] - np.asarray(ee_pos, dtype=np.float64)
+    return np.concatenate([proprio, pose, rel, [t / horizon]]).astype(np.float32)
 
 
 # ----- explorers -------------------------------------------------------------------------------------

@@ -47,6 +47,7 @@ setup(
             f"policy_node = {PACKAGE}.policy_node:main",
             f"learner_node = {PACKAGE}.learner_node:main",
             f"episode_runner_node = {PACKAGE}.episode_runner_node:main",
+            f"sysid_node = {PACKAGE}.sysid_node:main",
         ],
     },
 )
