@@ -499,6 +499,7 @@ def test_console_scripts_are_installed() -> None:
         "policy_node": "twinloop_ros.policy_node:main",
         "learner_node": "twinloop_ros.learner_node:main",
         "episode_runner_node": "twinloop_ros.episode_runner_node:main",
+        "sysid_node": "twinloop_ros.sysid_node:main",
     }
     bindir = Path(sysconfig.get_path("scripts"))
     for name in scripts:
