@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,16 @@ class SpringFactory:
 def run_serial(config: CEMConfig = FAST, factory: SpringFactory | None = None):
     with SerialEvaluator(factory or SpringFactory()) as ev:
         return cem(ev, LOW, HIGH, config)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_the_resource_tracker() -> Iterator[None]:
+    """Spawned pools start multiprocessing's resource tracker, a child that lives as long as
+    this process; the graph tests assert that the test process has no children, so stop it."""
+    yield
+    from multiprocessing import resource_tracker
+
+    resource_tracker._resource_tracker._stop()  # private, but the only way to end it
 
 
 def test_recovers_spring_parameters_within_2_percent() -> None:
