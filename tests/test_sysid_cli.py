@@ -143,3 +143,20 @@ def test_run_refuses_to_overwrite(rollout_path: Path) -> None:
     res = twinloop("sysid", "run", "--steps", "5", "--out", str(rollout_path), check=False)
     assert f"{rollout_path} exists; pass --overwrite to replace it" in error_line(res)
     assert sorted(p.relative_to(rollout_path) for p in rollout_path.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_round_quick_runs_every_stage(tmp_path: Path) -> None:
+    """What `make demo` ends with: explore -> run -> identify -> apply -> the rod lift (~25 s)."""
+    out = tmp_path / "round"
+    res = twinloop("sysid", "round", "--quick", "--out", str(out))
+    for stage in ("sysid 1/4", "sysid 2/4", "sysid 3/4", "sysid 4/4"):
+        assert stage in res.stdout, res.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["true"] == {"rod.com_offset": 0.06}
+    assert -0.1 <= summary["estimate"]["rod.com_offset"] <= 0.1
+    assert 0.0 <= summary["tilt_identified_deg"] <= 90.0
+    assert summary["version"] == 1
+    assert json.loads((out / "twin_params.json").read_text())["current"] == 1
+    assert (out / "identify" / "fit.png").stat().st_size > 10_000
+    assert (out / "rollout.zarr").is_dir() and (out / "explore" / "policy.safetensors").is_file()
