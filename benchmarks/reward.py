@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_common import update_results
 from tqdm import tqdm
 from twinloop.vlm_reward.base import RewardBatch, RewardModel, config_from_dict, make_reward_model
 from twinloop.vlm_reward.errors import RewardError
@@ -655,17 +655,6 @@ def reading(args: argparse.Namespace, cases: list[Case]) -> str:
     if not parts:
         return "no case produced a result."
     return " ".join(parts)
-
-
-def update_results(path: Path, section: str, body: str) -> None:
-    """benchmarks/twin.py owns the RESULTS.md layout: its writer, loaded only to write."""
-    spec = importlib.util.spec_from_file_location("bench_twin", HERE / "twin.py")
-    if spec is None or spec.loader is None:
-        raise ImportError("benchmarks/twin.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.update_results(path, section, body)
 
 
 # ----- main ----------------------------------------------------------------------------------------
