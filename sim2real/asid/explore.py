@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 import mujoco
 import numpy as np
+from twinloop.policy.obs import TWIN_ACTION_SCALE
 from twinloop.sim2real.errors import TwinError
 from twinloop.sim2real.twin import ACTION_NAMES, Twin, TwinConfig
 
@@ -56,7 +57,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 OBS_DIM = 6 + 7 + 3 + 1  # proprio, object pose, object - hand, phase
-ACTION_SCALE = np.array([0.03, 0.03, 0.03, 0.2, 1.0])  # = policy.obs.TWIN_ACTION_SCALE
+ACTION_SCALE = np.asarray(TWIN_ACTION_SCALE, dtype=np.float64)  # metric action / scale
 HELD = np.array([0.0, 0.0, 0.0, 0.0, 1.0])  # normalised values of the dimensions not explored
 ALL_DIMS = tuple(ACTION_NAMES)
 
