@@ -423,12 +423,14 @@ def test_lift_tilt_depends_on_the_grasp_offset(rod_twin: Twin) -> None:
 
 
 def test_a_lift_that_leaves_the_rod_on_the_table_is_the_worst_tilt() -> None:
-    """A grasp far on the light side slips: the rod stays level on the table, which must not
-    count as a level lift (tune_grasp would pick it)."""
+    """A grasp that misses the rod leaves it level on the table, which must not count as a
+    level lift (tune_grasp would pick it); off the CoM the lifted rod tilts, at the CoM not."""
     twin = Twin(TwinConfig(task="lift_rod", render=False), params={"rod.com_offset": -0.099})
     try:
-        assert lift_tilt(twin, 0.1) == FAILED_TILT
-        assert lift_tilt(twin, -0.1) < 3.0
+        assert lift_tilt(twin, 0.25) == FAILED_TILT  # beyond the rod's end (half length 0.15)
+        at_com, far = lift_tilt(twin, -0.1), lift_tilt(twin, 0.1)
+        assert at_com < 3.0
+        assert 20.0 < far < FAILED_TILT
     finally:
         twin.close()
     assert tune_grasp({"rod.com_offset": -0.099}, refine=0) == pytest.approx(-0.1)
