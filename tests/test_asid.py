@@ -35,8 +35,10 @@ from twinloop.sim2real.asid.rollout import (
     SysIdRollout,
     load_rollout,
     mismatch,
+    quat_angle,
     replay,
     save_rollout,
+    with_pose_noise,
 )
 from twinloop.sim2real.errors import TwinError
 from twinloop.sim2real.twin import Twin, TwinConfig
@@ -210,6 +212,34 @@ def test_mismatch_units_and_shape_check() -> None:
     assert mismatch(a, -a) == pytest.approx(0.0, abs=1e-6)  # q and -q are the same rotation
     with pytest.raises(TwinError, match="must both be"):
         mismatch(a, a[:2])
+
+
+def test_pose_noise_is_a_tracker_on_the_recorded_poses() -> None:
+    steps = 4000
+    pose = np.tile([0.4, 0.1, 0.02, np.cos(0.3), 0.0, 0.0, np.sin(0.3)], (steps + 1, 1))
+    rollout = SysIdRollout(
+        task="lift_rod", control_hz=10.0, robot_profile="panda",
+        actions=np.zeros((steps, 5)), ee_pose=pose, object_pose=pose, meta={"seed": 3},
+    )  # fmt: skip
+    noisy = with_pose_noise(rollout, 0.002, 1.0, seed=0)
+    assert np.array_equal(noisy.object_pose[0], pose[0])  # replay starts from an exact pose
+    assert np.array_equal(noisy.ee_pose, rollout.ee_pose)
+    assert np.array_equal(noisy.actions, rollout.actions)
+    dp = noisy.object_pose[1:, :3] - pose[1:, :3]
+    assert np.std(dp, axis=0) == pytest.approx([0.002] * 3, rel=0.06)
+    assert np.abs(np.mean(dp, axis=0)).max() < 2e-4
+    assert np.linalg.norm(noisy.object_pose[:, 3:], axis=1) == pytest.approx(1.0)
+    angle = np.degrees(np.median(quat_angle(noisy.object_pose[1:, 3:], pose[1:, 3:])))
+    assert 1.0 < angle < 2.0  # |3-D rotation| with 1 deg per axis: median ~1.5 deg
+    assert noisy.meta == {"seed": 3, "pose_noise": [0.002, 1.0]}
+    same = with_pose_noise(rollout, 0.0, 0.0)
+    assert np.array_equal(same.object_pose, pose)
+    assert np.array_equal(
+        with_pose_noise(rollout, 0.002, 1.0, seed=0).object_pose, noisy.object_pose
+    )
+    for bad in ((-0.001, 1.0), (0.002, float("nan"))):
+        with pytest.raises(TwinError, match="must be a finite value >= 0"):
+            with_pose_noise(rollout, *bad)
 
 
 # ----- identification -------------------------------------------------------------------------

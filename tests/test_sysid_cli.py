@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -112,6 +113,26 @@ def test_unknown_true_parameter(tmp_path: Path) -> None:
     assert not out.exists()
     res = twinloop("sysid", "run", "--true", "rod.com_offset", "--out", str(out), check=False)
     assert "--true takes NAME=VALUE" in error_line(res)
+
+
+def test_run_with_tracker_noise(rollout_path: Path, tmp_path: Path) -> None:
+    from twinloop.sim2real.asid.rollout import load_rollout
+
+    out = tmp_path / "N.zarr"
+    twinloop(
+        "sysid", "run", "--task", "lift_rod", "--true", "rod.com_offset=0.05", "--steps", "20",
+        "--pose-noise-mm", "2", "--pose-noise-deg", "1", "--out", str(out),
+    )  # fmt: skip
+    exact, noisy = load_rollout(rollout_path), load_rollout(out)  # same seed, same actions
+    assert np.array_equal(noisy.actions, exact.actions)
+    assert np.array_equal(noisy.object_pose[0], exact.object_pose[0])
+    dp = noisy.object_pose[1:, :3] - exact.object_pose[1:, :3]
+    assert 0.0005 < float(np.std(dp)) < 0.005
+    assert noisy.meta["pose_noise"] == [0.002, 1.0]
+    bad = tmp_path / "B.zarr"
+    res = twinloop("sysid", "run", "--pose-noise-mm", "-1", "--out", str(bad), check=False)
+    assert "--pose-noise-mm and --pose-noise-deg must be finite values >= 0" in error_line(res)
+    assert not bad.exists()
 
 
 def test_identify_unknown_parameter(rollout_path: Path, tmp_path: Path) -> None:

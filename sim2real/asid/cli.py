@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -151,21 +152,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from twinloop.sim2real.twin import Twin, TwinConfig
 
     from .explore import PolicyExplorer, RandomExplorer, collect_rollout
-    from .rollout import save_rollout
+    from .rollout import load_rollout, save_rollout, with_pose_noise
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         msg = f"{out} exists; pass --overwrite to replace it"
         raise TwinError(msg)
     true = _values(args.true, "--true")
+    noise = (args.pose_noise_mm / 1000.0, args.pose_noise_deg)
+    if min(noise) < 0 or not all(map(math.isfinite, noise)):
+        msg = f"--pose-noise-mm and --pose-noise-deg must be finite values >= 0, got {noise}"
+        raise TwinError(msg)
     if args.graph:
-        return _run_on_graph(args, true, out)
+        code = _run_on_graph(args, true, out)
+        if any(noise):  # the twin node publishes exact poses: the tracker's noise goes on after
+            noisy = with_pose_noise(load_rollout(out), *noise, seed=args.seed)
+            save_rollout(noisy, out, overwrite=True)
+        return code
     explorer = RandomExplorer(args.seed) if args.policy is None else PolicyExplorer(args.policy)
     twin = Twin(TwinConfig(task=args.task, render=False), params=true)
     rollout = collect_rollout(
         twin, explorer, args.steps, seed=args.seed, meta={"true_params": twin.get_params()}
     )
     twin.close()
+    if any(noise):
+        rollout = with_pose_noise(rollout, *noise, seed=args.seed)
     save_rollout(rollout, out, overwrite=args.overwrite)
     moved = float(((rollout.object_pose[-1, :3] - rollout.object_pose[0, :3]) ** 2).sum() ** 0.5)
     sys.stdout.write(
@@ -416,6 +427,19 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--graph", action="store_true",
                    help="run through the ROS 2 graph (twin_node + safety_node + sysid_node)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=300.0, help="graph run limit, s")
+    p.add_argument(
+        "--pose-noise-mm",
+        type=float,
+        default=0.0,
+        help="noise on the recorded object positions, std per axis in mm, as a pose "
+        "tracker on the robot would report them (the twin's are exact; default 0)",
+    )
+    p.add_argument(
+        "--pose-noise-deg",
+        type=float,
+        default=0.0,
+        help="noise on the recorded object orientations, std per axis in degrees",
+    )
     p.set_defaults(func=cmd_run)
 
     p = s.add_parser("identify", help="CEM estimate of the parameters from a rollout")

@@ -39,6 +39,7 @@ __all__ = [
     "object_pose",
     "replay",
     "save_rollout",
+    "with_pose_noise",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,51 @@ def replay(
         twin.advance(twin.n_substeps)
         out[t + 1] = object_pose(twin, body)
     return out
+
+
+def with_pose_noise(
+    rollout: SysIdRollout,
+    position_std: float,
+    rotation_std_deg: float,
+    *,
+    seed: int = 0,
+) -> SysIdRollout:
+    """The rollout as a pose tracker would have reported it: i.i.d. Gaussian noise on every
+    object pose after the first (``position_std`` m per axis, a rotation of ``rotation_std_deg``
+    deg per axis). The first pose, from which :func:`replay` starts, stays exact: a robot takes it
+    from the object at rest (many frames averaged). A twin standing in for the robot observes its
+    objects perfectly; without this, identification in twin-vs-twin experiments is noise-free and
+    any contact, however slight, pins the parameters down."""
+    if not (math.isfinite(position_std) and position_std >= 0):
+        msg = f"position_std must be a finite value >= 0 m, got {position_std}"
+        raise TwinError(msg)
+    if not (math.isfinite(rotation_std_deg) and rotation_std_deg >= 0):
+        msg = f"rotation_std_deg must be a finite value >= 0, got {rotation_std_deg}"
+        raise TwinError(msg)
+    rng = np.random.default_rng(seed)
+    poses = rollout.object_pose.copy()
+    n = len(poses) - 1
+    poses[1:, :3] += rng.normal(0.0, position_std, (n, 3))
+    rotvec = rng.normal(0.0, math.radians(rotation_std_deg), (n, 3))
+    for i in range(n):
+        angle = float(np.linalg.norm(rotvec[i]))
+        if angle == 0.0:
+            continue
+        dq = np.empty(4)
+        mujoco.mju_axisAngle2Quat(dq, rotvec[i] / angle, angle)
+        out = np.empty(4)
+        mujoco.mju_mulQuat(out, dq, poses[i + 1, 3:])
+        poses[i + 1, 3:] = out / np.linalg.norm(out)
+    meta = {**dict(rollout.meta), "pose_noise": [float(position_std), float(rotation_std_deg)]}
+    return SysIdRollout(
+        task=rollout.task,
+        control_hz=rollout.control_hz,
+        robot_profile=rollout.robot_profile,
+        actions=rollout.actions,
+        ee_pose=rollout.ee_pose,
+        object_pose=poses,
+        meta=meta,
+    )
 
 
 def quat_angle(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
