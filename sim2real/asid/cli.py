@@ -272,8 +272,18 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
-def _horizon(rollout: Any, after_approach: int) -> int | None:
-    """Steps to compare: the recorded approach + ``after_approach`` (0: the whole rollout)."""
+# Exploration steps after the approach that identification compares by default (0: all), per
+# task; measured with tracker noise 2 mm / 1 deg (docs/sysid.md, "Horizon"): the rod's CoM shows
+# once the pushed rod turns, late in a rollout; the cube's friction in the first strike, and the
+# tumbling after it adds local minima.
+DEFAULT_HORIZON = {"lift_rod": 0, "push_cube": 10}
+
+
+def _horizon(rollout: Any, after_approach: int | None) -> int | None:
+    """Steps to compare: the recorded approach + ``after_approach`` (0: the whole rollout;
+    None: the task's DEFAULT_HORIZON)."""
+    if after_approach is None:
+        after_approach = DEFAULT_HORIZON.get(rollout.task, 0)
     if after_approach <= 0:
         return None
     return int(rollout.meta.get("approach_steps", 0)) + after_approach
@@ -352,7 +362,7 @@ def cmd_round(args: argparse.Namespace) -> int:
     twin_config = TwinConfig(task="lift_rod", render=False)
     estimate, ident = identify(
         rollout, twin_config, (name,), prior, cem_config=cem_cfg, workers=args.workers,
-        horizon=_horizon(rollout, 10),
+        horizon=_horizon(rollout, None),
     )  # fmt: skip
     (out / "identify").mkdir(exist_ok=True)
     (out / "identify" / "result.json").write_text(
@@ -454,8 +464,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="initial CEM std as a fraction of each prior width (default 1.0)")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="parallel replay workers")
     p.add_argument("--backend", default="process", help="process (default) or ray")
-    p.add_argument("--horizon", type=int, default=10,
-                   help="compare the approach + this many exploration steps (0: all; default 10)")  # fmt: skip
+    p.add_argument("--horizon", type=int, default=None,
+                   help="compare the approach + this many exploration steps (0: all; default: "
+                   "all for lift_rod, 10 for push_cube)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output folder (result.json, fit.png)")
     p.set_defaults(func=cmd_identify)
