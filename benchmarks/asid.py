@@ -124,7 +124,6 @@ def run_setting(args: argparse.Namespace, key: str, workdir: Path) -> dict[str, 
     task, prior = SETTINGS[key]
     horizon = args.horizon or HORIZONS[key]
     names = tuple(prior)
-    log(f"{key}: training the exploration policy ({args.steps} steps)")
     cfg = ExploreConfig(
         task=task, params=names, prior=prior, episode_steps=args.episode_steps,
         total_steps=args.steps, random_steps=min(args.random_steps, args.steps), seed=args.seed,
@@ -135,6 +134,7 @@ def run_setting(args: argparse.Namespace, key: str, workdir: Path) -> dict[str, 
         returns = json.loads((workdir / key / "returns.json").read_text())["episode_returns"]
         trained = ExploreResult(ckpt, returns, math.nan, math.nan, math.nan)
     else:
+        log(f"{key}: training the exploration policy ({args.steps} steps)")
         trained = train_exploration(cfg, workdir / key)
     rets = trained.episode_returns
     policy = PolicyExplorer(trained.checkpoint)
