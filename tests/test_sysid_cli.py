@@ -181,3 +181,7 @@ def test_round_quick_runs_every_stage(tmp_path: Path) -> None:
     assert json.loads((out / "twin_params.json").read_text())["current"] == 1
     assert (out / "identify" / "fit.png").stat().st_size > 10_000
     assert (out / "rollout.zarr").is_dir() and (out / "explore" / "policy.safetensors").is_file()
+    from twinloop.sim2real.asid.rollout import load_rollout
+
+    assert load_rollout(out / "rollout.zarr").meta["pose_noise"] == [0.002, 1.0]  # a tracker's
+    assert "tracker noise 2 mm / 1 deg" in res.stdout
