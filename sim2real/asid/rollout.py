@@ -14,6 +14,7 @@ the objective CEM minimises.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -210,15 +211,7 @@ def with_pose_noise(
         mujoco.mju_mulQuat(out, dq, poses[i + 1, 3:])
         poses[i + 1, 3:] = out / np.linalg.norm(out)
     meta = {**dict(rollout.meta), "pose_noise": [float(position_std), float(rotation_std_deg)]}
-    return SysIdRollout(
-        task=rollout.task,
-        control_hz=rollout.control_hz,
-        robot_profile=rollout.robot_profile,
-        actions=rollout.actions,
-        ee_pose=rollout.ee_pose,
-        object_pose=poses,
-        meta=meta,
-    )
+    return dataclasses.replace(rollout, object_pose=poses, meta=meta)
 
 
 def quat_angle(q1: np.ndarray, q2: np.ndarray) -> np.ndarray:
