@@ -58,10 +58,10 @@ SETTINGS = {
     "cube": ("push_cube", {"cube.friction": (0.1, 1.5), "cube.mass": (0.05, 1.0)}),
 }
 # Steps after the approach that the mismatch compares (--horizon overrides both). Chosen on a
-# pilot with --seed 0 (6 draws, tracker noise 2 mm / 1 deg): the rod's CoM shows once the pushed
-# rod turns, late in the rollout (ASID median error 13% over 10 steps, 0.0% over all 30); the cube
-# policy's first strike carries the friction, and the later tumbling adds local minima (friction
-# error 6.8% over 10 steps, 8.4% over 30). The reported run uses other seeds (--seed 1).
+# pilot with the --seed 0 draws (rod 4, cube 6; tracker noise 2 mm / 1 deg): the rod's CoM shows
+# once the pushed rod turns, late in the rollout (ASID median error 13% over 10 steps, 0.0% over
+# all 30); the cube policy's first strike carries the friction, and the later tumbling adds local
+# minima (friction error 6.8% over 10 steps, 8.4% over 30). The reported run uses --seed 1.
 HORIZONS = {"rod": 30, "cube": 10}
 # True CoM offsets are drawn with |offset| >= this: a relative error of an offset near 0 is
 # undefined (the errors as % of the prior width are reported too).
