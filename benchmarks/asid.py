@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from bench_common import HERE, cpu_model, git_rev, update_results
 from twinloop.sim2real.asid.cem import CEMConfig
+from twinloop.sim2real.asid.cli import DEFAULT_HORIZON
 from twinloop.sim2real.asid.explore import (
     ExploreConfig,
     ExploreResult,
@@ -57,12 +58,15 @@ SETTINGS = {
     "rod": ("lift_rod", {"rod.com_offset": (-0.1, 0.1)}),
     "cube": ("push_cube", {"cube.friction": (0.1, 1.5), "cube.mass": (0.05, 1.0)}),
 }
-# Steps after the approach that the mismatch compares (--horizon overrides both). Chosen on a
-# pilot with the --seed 0 draws (rod 4, cube 6; tracker noise 2 mm / 1 deg): the rod's CoM shows
-# once the pushed rod turns, late in the rollout (ASID median error 13% over 10 steps, 0.0% over
-# all 30); the cube policy's first strike carries the friction, and the later tumbling adds local
-# minima (friction error 6.8% over 10 steps, 8.4% over 30). The reported run uses --seed 1.
-HORIZONS = {"rod": 30, "cube": 10}
+
+
+def horizon_of(args: argparse.Namespace, key: str) -> int:
+    """Steps after the approach that the mismatch compares: --horizon, else the task's default of
+    `twinloop sysid identify` (cli.DEFAULT_HORIZON: rod all, cube 10; measured on a pilot with the
+    --seed 0 draws, docs/sysid.md "Horizon"; the reported run uses --seed 1)."""
+    return args.horizon or DEFAULT_HORIZON[SETTINGS[key][0]] or args.episode_steps
+
+
 # True CoM offsets are drawn with |offset| >= this: a relative error of an offset near 0 is
 # undefined (the errors as % of the prior width are reported too).
 MIN_ABS_COM = 0.03
@@ -122,7 +126,7 @@ def fisher_cost(task: str, names: tuple[str, ...], reps: int) -> dict[str, float
 
 def run_setting(args: argparse.Namespace, key: str, workdir: Path) -> dict[str, Any]:
     task, prior = SETTINGS[key]
-    horizon = args.horizon or HORIZONS[key]
+    horizon = horizon_of(args, key)
     names = tuple(prior)
     cfg = ExploreConfig(
         task=task, params=names, prior=prior, episode_steps=args.episode_steps,
@@ -287,7 +291,7 @@ def report(args: argparse.Namespace, results: dict[str, Any], spd: dict[str, flo
         f"pose exact); CEM population {args.population}, elites {args.elites}, "
         f"{args.iterations} iterations, initial std {args.init_std:g} x the prior width, "
         f"{args.workers} worker processes; mismatch over the approach + "
-        + ", ".join(f"{args.horizon or HORIZONS[k]} steps ({k})" for k in results)
+        + ", ".join(f"{horizon_of(args, k)} steps ({k})" for k in results)
         + "; "
         f"estimate = the best candidate. {args.draws} draws per setting, true values uniform over the prior (the CoM "
         f"offset's magnitude uniform in [{MIN_ABS_COM}, 0.1] m, random sign: relative errors of "
@@ -384,7 +388,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="CEM worker processes")
     p.add_argument(
         "--horizon", type=int, default=None,
-        help="steps compared after the approach (default: rod 30, cube 10; see HORIZONS)",
+        help="steps compared after the approach (default: rod all, cube 10; see horizon_of)",
     )  # fmt: skip
     p.add_argument(
         "--pose-noise-mm",
