@@ -20,6 +20,7 @@ from twinloop.policy.base import (
 from twinloop.policy.common import Batch, mc_returns, mlp, soft_update
 from twinloop.policy.errors import PolicyError
 from twinloop.policy.networks import (
+    ConvEncoder,
     CriticEnsemble,
     EncoderSpec,
     FrozenBackbone,
@@ -177,6 +178,19 @@ def test_obs_encoder_shapes_and_errors() -> None:
         EncoderSpec(state_dim=0)
     with pytest.raises(PolicyError, match="unknown encoder"):
         EncoderSpec(state_dim=1, image_size=64, encoder="vit")  # type: ignore[arg-type]
+
+
+def test_conv_encoder_channels_last_input_matches_nchw_and_keeps_weights_nchw() -> None:
+    torch.manual_seed(0)
+    enc = ConvEncoder(32, channels=8, features=10)
+    x = torch.rand(4, 3, 32, 32)
+    out = enc(x)
+    plain = enc.head(enc.convs(x - 0.5).flatten(1))  # the NCHW path, no layout change
+    torch.testing.assert_close(out, plain, rtol=1e-4, atol=1e-5)
+    out.sum().backward()
+    for name, p in enc.named_parameters():
+        assert p.is_contiguous(), name  # safetensors checkpoints need contiguous tensors
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
 def test_resnet_backbone_from_local_weights_stays_out_of_checkpoints(tmp_path: Path) -> None:
