@@ -37,6 +37,10 @@ class CameraConfig:
 
     pos: tuple[float, float, float] = (0.15, -0.6, 0.6)  # camera position in the world, m
     lookat: tuple[float, float, float] = (0.55, 0.05, 0.05)  # point at the image centre
+    # Orientation in the world as a MuJoCo camera quaternion (w, x, y, z; the camera looks along
+    # its -z, y up). Set (e.g. from a camera calibration, see twinloop.sim2real.calibration),
+    # it replaces lookat, so any orientation, roll included, can be given. None: look at lookat.
+    quat: tuple[float, float, float, float] | None = None
     fovy: float = 55.0  # vertical field of view, degrees (D435 colour: ~42)
     width: int = 320  # image width, px
     height: int = 240  # image height, px
@@ -48,7 +52,12 @@ class CameraConfig:
         if not 1.0 < self.fovy < 170.0:
             msg = f"camera fovy must be in (1, 170) degrees, got {self.fovy}"
             raise TwinError(msg)
-        if np.allclose(self.pos, self.lookat):
+        if self.quat is not None:
+            q = np.asarray(self.quat, dtype=float)
+            if q.shape != (4,) or not np.isfinite(q).all() or abs(np.linalg.norm(q) - 1.0) > 1e-3:
+                msg = f"camera quat must be a unit quaternion (w, x, y, z), got {self.quat}"
+                raise TwinError(msg)
+        elif np.allclose(self.pos, self.lookat):
             msg = "camera pos and lookat coincide"
             raise TwinError(msg)
 
@@ -94,12 +103,10 @@ def build_scene(objects: Iterable[str], *, arm: ArmConfig, camera: CameraConfig)
         contype=1,
         conaffinity=1 | 2,
     )
-    world.add_camera(
-        name="camera",
-        pos=list(camera.pos),
-        xyaxes=camera.xyaxes(),
-        fovy=camera.fovy,
+    orientation = (
+        {"xyaxes": camera.xyaxes()} if camera.quat is None else {"quat": list(camera.quat)}
     )
+    world.add_camera(name="camera", pos=list(camera.pos), fovy=camera.fovy, **orientation)
     if "cube" in objects:
         _add_cube(spec)
     if "drawer" in objects:

@@ -93,6 +93,9 @@ class TwinNodeConfig:
     # twin_params.json written by `twinloop sysid apply`: its current version's parameters of this
     # scene are the start values (params.<name> given at start still override them). "": none.
     params_file: str = ""
+    # calibration file from `twinloop calibrate camera --out` (docs/robot.md): the twin's camera
+    # at the calibrated pose, so its frames match the real camera's. "": the default camera.
+    camera_calibration: str = ""
 
     def __post_init__(self) -> None:
         if not 0.0 < self.camera_fps <= 120.0:
@@ -107,12 +110,13 @@ class TwinNodeConfig:
 
     def twin_config(self) -> TwinConfig:
         # The node renders itself at camera_fps, so the twin's step() does not render.
+        camera = CameraConfig(width=self.image_width, height=self.image_height)
+        if self.camera_calibration:  # a bad or missing file fails the start, naming it
+            from twinloop.sim2real.calibration import load_camera_config
+
+            camera = load_camera_config(self.camera_calibration, camera)
         return TwinConfig(
-            task=self.task,
-            control_hz=self.control_hz,
-            render=False,
-            depth=False,
-            camera=CameraConfig(width=self.image_width, height=self.image_height),
+            task=self.task, control_hz=self.control_hz, render=False, depth=False, camera=camera
         )
 
 
