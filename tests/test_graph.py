@@ -53,7 +53,8 @@ def node(name: str = "a", **kw: Any) -> dict[str, Any]:
 def test_sim_profile() -> None:
     graph = load_graph("sim")
     assert graph.profile == "sim"
-    assert graph.names == ("twin", "safety", "scripted_teleop", "recorder")
+    assert graph.names == ("twin", "safety", "scripted_teleop", "recorder", "live_view")
+    assert graph.node("live_view").parameters["enabled"] is False  # on with --set
     assert graph.source == PKG / "config" / "graph_sim.yaml"
     twin = graph.node("twin")
     assert (twin.executable, twin.package) == ("twin_node", "twinloop_ros")
@@ -69,7 +70,7 @@ def test_sim_profile() -> None:
 
 def test_robot_profile_has_the_same_format() -> None:
     graph = load_graph("robot")
-    assert set(graph.names) == {"camera", "arm_bridge", "safety", "teleop", "recorder"}
+    assert set(graph.names) == {"camera", "arm_bridge", "safety", "teleop", "recorder", "live_view"}
     # the safety node is the same executable with the same limits in both profiles
     assert graph.node("safety").parameters == load_graph("sim").node("safety").parameters
 
@@ -198,7 +199,7 @@ def test_override_exponent_floats_are_floats() -> None:
 def test_only_and_without() -> None:
     graph = load_graph("sim")
     assert graph.only("safety", "twin").names == ("twin", "safety")
-    assert graph.without("scripted_teleop").names == ("twin", "safety", "recorder")
+    assert graph.without("scripted_teleop").names == ("twin", "safety", "recorder", "live_view")
     with pytest.raises(TwinloopError, match="no node 'x'"):
         graph.only("x")
     with pytest.raises(TwinloopError, match="has no nodes"):
@@ -321,8 +322,14 @@ def test_launch_file_builds_nodes_from_the_profile(monkeypatch: pytest.MonkeyPat
     actions = description.args[0]
     opaque = actions[-1]
     nodes = opaque.kwargs["function"](context=None)
-    assert [n["name"] for n in made] == ["twin", "safety", "scripted_teleop", "recorder"]
-    assert len(nodes) == 4
+    assert [n["name"] for n in made] == [
+        "twin",
+        "safety",
+        "scripted_teleop",
+        "recorder",
+        "live_view",
+    ]
+    assert len(nodes) == 5
     by_name = {n["name"]: n for n in made}
     assert by_name["twin"]["parameters"][0]["task"] == "lift_rod"
     assert by_name["scripted_teleop"]["parameters"][0]["episodes"] == 4
@@ -500,6 +507,7 @@ def test_console_scripts_are_installed() -> None:
         "learner_node": "twinloop_ros.learner_node:main",
         "episode_runner_node": "twinloop_ros.episode_runner_node:main",
         "sysid_node": "twinloop_ros.sysid_node:main",
+        "live_view_node": "twinloop_ros.live_view_node:main",
     }
     bindir = Path(sysconfig.get_path("scripts"))
     for name in scripts:

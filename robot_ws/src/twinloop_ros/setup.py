@@ -48,6 +48,7 @@ setup(
             f"learner_node = {PACKAGE}.learner_node:main",
             f"episode_runner_node = {PACKAGE}.episode_runner_node:main",
             f"sysid_node = {PACKAGE}.sysid_node:main",
+            f"live_view_node = {PACKAGE}.live_view_node:main",
         ],
     },
 )
