@@ -27,10 +27,11 @@ $(STAMP): pyproject.toml robot_ws/src/twinloop_ros/setup.py | system-deps
 	$(PY) -m pip install -q -e robot_ws/src/twinloop_ros
 	@touch $(STAMP)
 
+# The whole loop on the twin (docs/architecture.md); the run and its report.html go to
+# $(RUNS)/<timestamp>/. QUICK=1: the small budget (about 3 minutes on 2 cores; CI runs it).
+RUNS ?= runs
 demo: setup
-	$(VENV)/bin/twinloop demo --episodes $${EPISODES:-3}
-	$(VENV)/bin/twinloop finetune --profile sim --quick
-	$(VENV)/bin/twinloop sysid round --quick --out runs/demo_sysid
+	$(VENV)/bin/twinloop pipeline $(if $(QUICK),--quick) --runs $(RUNS)
 
 test: setup
 	$(PY) -m pytest -q

@@ -482,7 +482,33 @@ def _node_rates(final: dict[str, Any] | None) -> dict[str, Any]:
         "learner_updates_per_s": learner.get("updates_per_s"),
         "learner_updates": learner.get("updates"),
         "learner_env_steps": learner.get("env_steps"),
+        **_reward_rates(final.get("reward")),
+        **_safety_counts(final.get("safety")),
     }
+
+
+def _reward_rates(reward: dict[str, Any] | None) -> dict[str, Any]:
+    """reward_node's rates and latency (frame stamp -> reward published), when it ran."""
+    if not reward:
+        return {}
+    latency, forward = reward.get("latency_ms") or {}, reward.get("forward_ms") or {}
+    return {
+        "reward_input_hz": reward.get("input_hz"),
+        "reward_output_hz": reward.get("output_hz"),
+        "reward_latency_p50_ms": latency.get("p50"),
+        "reward_latency_p99_ms": latency.get("p99"),
+        "reward_forward_p50_ms": forward.get("p50"),
+        "reward_frames": reward.get("received"),
+        "reward_skipped": reward.get("skipped"),
+        "reward_failed": reward.get("failed"),
+    }
+
+
+def _safety_counts(safety: dict[str, Any] | None) -> dict[str, Any]:
+    """safety_node's counters (actions passed, clipped, refused) and whether an e-stop latched."""
+    if not safety:
+        return {}
+    return {"safety_counts": safety.get("counts"), "safety_estop": safety.get("estop_latched")}
 
 
 # ----- the pipeline ----------------------------------------------------------------------------

@@ -177,7 +177,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from .graph import GraphProcesses, load_graph
 
-    run = _run_dir(args.runs)
+    if args.out:
+        run = Path(args.out)
+        if (run / "episodes.jsonl").exists() or (run / "demos.zarr").exists():
+            msg = f"{run} already holds a demo run; choose a new --out"
+            raise TwinloopError(msg)
+        run.mkdir(parents=True, exist_ok=True)
+    else:
+        run = _run_dir(args.runs)
     results_path = run / "episodes.jsonl"
     store_path = (run / "demos.zarr").resolve()
     overrides = [
@@ -402,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sysid_command(sub)
 
+    from .calibrate_cli import add_calibrate_parser
+
+    add_calibrate_parser(sub)
+
+    from .pipeline_cli import add_commands as add_pipeline_commands
+
+    add_pipeline_commands(sub)
+
     p = sub.add_parser("topics", help="print the ROS 2 topic contract")
     p.set_defaults(func=cmd_topics)
 
@@ -440,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a node parameter (repeatable)",
     )
     p.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
+    p.add_argument("--out", default=None, help="run directory (default: <runs>/<timestamp>)")
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     p.add_argument(
         "--record",

@@ -80,6 +80,9 @@ class EpisodeRunnerNodeConfig:
     weights_topic: str = "/twinloop/policy/weights"
     learner_status_topic: str = "/twinloop/learner/status"
     policy_status_topic: str = "/twinloop/policy/status"
+    # the other nodes' last status goes into the final record (rates, latencies, drops)
+    reward_status_topic: str = "/twinloop/reward/status"
+    safety_status_topic: str = "/twinloop/safety_status"
     status_topic: str = "/twinloop/runner/status"
     status_period_s: float = 1.0
 
@@ -148,6 +151,12 @@ class EpisodeRunnerNode(Node):
         self.create_subscription(
             String, cfg.policy_status_topic, self._on_policy_status, COMMAND_QOS
         )
+        self._last_status: dict[str, dict[str, Any] | None] = {"reward": None, "safety": None}
+        for name, topic in (("reward", cfg.reward_status_topic),
+                            ("safety", cfg.safety_status_topic)):  # fmt: skip
+            self.create_subscription(
+                String, topic, lambda msg, name=name: self._on_other_status(name, msg), COMMAND_QOS
+            )
         self._learner_status: dict[str, Any] | None = None
         self._policy_status: dict[str, Any] | None = None
         self._ready = cfg.min_event_readers == 0
@@ -180,7 +189,8 @@ class EpisodeRunnerNode(Node):
                 self._log_event(payload)
             elif command.kind == "exit":
                 self._write({"kind": "final", "runner": self.runner.status(),
-                             "policy": self._policy_status, "learner": self._learner_status})  # fmt: skip
+                             "policy": self._policy_status, "learner": self._learner_status,
+                             **self._last_status})  # fmt: skip
                 if not self.done.done():
                     self.done.set_result(int(command.payload["code"]))
             elif command.kind == "switch" and self._switch_pub is not None:
@@ -318,6 +328,12 @@ class EpisodeRunnerNode(Node):
     def _on_policy_status(self, msg: String) -> None:
         try:
             self._policy_status = json_from_msg(msg)
+        except RosAdapterError:
+            return
+
+    def _on_other_status(self, name: str, msg: String) -> None:
+        try:
+            self._last_status[name] = json_from_msg(msg)
         except RosAdapterError:
             return
 

@@ -1,0 +1,113 @@
+"""The whole loop: ``make demo QUICK=1`` end to end, and the report of partial/failed runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from twinloop.errors import TwinloopError
+from twinloop.pipeline import STAGE_NAMES, PipelineConfig
+from twinloop.report import build_report
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAIN_ID = 1 + (os.getpid() + 71) % 100
+
+SECTIONS = ("Stages", "Configuration", "Datasets", "Reward audit", "Learning curves",
+            "System identification", "Node rates and latencies")  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN_ID), "OMP_NUM_THREADS": "1",
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}  # fmt: skip
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "twinloop", *args], capture_output=True,
+                          text=True, timeout=120, env=_env(), cwd=cwd, check=False)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_make_demo_quick_end_to_end(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    out = subprocess.run(["make", "-s", "-C", str(REPO), "demo", "QUICK=1", f"RUNS={runs}"],
+                         capture_output=True, text=True, timeout=600, env=_env(), check=False)  # fmt: skip
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    (run,) = list(runs.iterdir())
+    record = json.loads((run / "run.json").read_text())
+    assert [s["name"] for s in record["stages"]] == list(STAGE_NAMES)
+    assert all(s["status"] == "ok" for s in record["stages"]), record["stages"]
+    for name in STAGE_NAMES:  # a clear line per stage, with its result
+        assert re.search(rf"\[pipeline\] stage \d/6 {name} OK \(\d+ s\): \S", text), name
+
+    page = (run / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"<h2>{section}" in page, section
+    assert "FAILED" not in page and 'class="missing"' not in page and "n/a" not in page
+    assert page.count("data:image/png;base64,") >= 6  # contact sheets, audits, curve, sysid fit
+    assert 'src="http' not in page and "src='http" not in page  # self-contained
+
+    # every section from real measurements of this run
+    audit = json.loads((run / "reward" / "audit_classifier" / "summary.json").read_text())
+    assert audit["n_frames"] > 100 and audit["frame_flags"]["tp"] + audit["frame_flags"]["fn"] > 0
+    pref = json.loads((run / "reward" / "audit_preference" / "summary.json").read_text())
+    assert pref["spearman"] is not None and -1.0 <= pref["spearman"] <= 1.0
+    fine = json.loads((run / "finetune" / "summary.json").read_text())
+    assert fine["reward"].startswith("model:") and fine["online_episodes"] >= 1
+    assert [e["phase"] for e in fine["evals"]].count("online") >= 2
+    rates = fine["node_rates"]
+    assert 5.0 < rates["policy_rate_hz"] < 15.0, rates  # 10 Hz control
+    assert rates["reward_output_hz"] > 0 and rates["reward_latency_p50_ms"] > 0, rates
+    assert rates["learner_updates"] > 0
+    sysid = json.loads((run / "sysid" / "summary.json").read_text())
+    assert abs(sysid["estimate"]["rod.com_offset"]) <= 0.1
+    assert f"{sysid['tilt_identified_deg']:.1f} deg" in page
+    assert f"{100 * fine['success_offline_end']:.1f}%" in page
+
+    # the report rebuilds from the run directory alone
+    (run / "report.html").unlink()
+    rebuilt = _cli(["report", str(run)], tmp_path)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (run / "report.html").read_text().count("<h2>") == page.count("<h2>")
+
+
+def _fake_run(run: Path, statuses: dict[str, str]) -> None:
+    run.mkdir(parents=True)
+    stages = [{"name": n, "title": n, "status": statuses.get(n, "pending"), "wall_s": 1.0,
+               "commands": [["twinloop", n]], "headline": "boom" if statuses.get(n) == "failed"
+               else "", "log": f"logs/{n}.log"} for n in STAGE_NAMES]  # fmt: skip
+    (run / "run.json").write_text(json.dumps({"config": {"quick": True, "task": "open_drawer"},
+                                              "stages": stages, "wall_s": 3.0}))  # fmt: skip
+
+
+def test_report_of_a_failed_run_says_what_did_not_run(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _fake_run(run, {"graph": "ok", "data": "ok", "classifier": "failed"})
+    page = build_report(run).read_text()
+    assert "FAILED at classifier" in page
+    assert "this stage FAILED: boom" in page
+    assert "did not run (an earlier stage failed)" in page  # finetune, sysid
+    assert "logs/classifier.log" in page
+    for section in SECTIONS:
+        assert f"<h2>{section}" in page, section
+
+
+def test_report_and_pipeline_bad_input(tmp_path: Path) -> None:
+    out = _cli(["report", str(tmp_path)], tmp_path)
+    assert out.returncode == 2 and "not a pipeline run directory" in out.stderr
+    out = _cli(["pipeline", "--stages", "graph,dance", "--out", str(tmp_path / "r")], tmp_path)
+    assert out.returncode == 2 and "unknown stage(s) ['dance']" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "r").exists()
+    with pytest.raises(TwinloopError, match="unknown task 'fly'"):
+        PipelineConfig(out=tmp_path, task="fly")
+    _fake_run(tmp_path / "old", {"graph": "ok"})
+    out = _cli(["pipeline", "--stages", "graph", "--out", str(tmp_path / "old")], tmp_path)
+    assert out.returncode == 2 and "already holds a run" in out.stderr
+    assert json.loads((tmp_path / "old" / "run.json").read_text())["stages"][0]["status"] == "ok"
