@@ -263,6 +263,16 @@ def _run_child(argv: Sequence[str], log_path: Path, echo: Callable[[bytes], None
         return proc.wait()
 
 
+def _echo(chunk: bytes) -> None:
+    sys.stderr.buffer.write(chunk)
+    sys.stderr.buffer.flush()
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _write_run(path: Path, cfg: PipelineConfig, results: Sequence[StageResult], t0: float) -> None:
     data = {
         "config": cfg.to_dict(),
@@ -288,8 +298,8 @@ def run_pipeline(
     """
     from .report import build_report
 
-    echo = echo or (lambda b: (sys.stderr.buffer.write(b), sys.stderr.buffer.flush()))
-    say = say or (lambda s: (sys.stdout.write(s + "\n"), sys.stdout.flush()))
+    echo = echo or _echo
+    say = say or _say
     run = cfg.out
     if (run / RUN_FILE).exists():
         msg = f"{run} already holds a run ({RUN_FILE}); choose a new --out"
