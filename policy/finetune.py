@@ -163,15 +163,28 @@ def _check_reward_model(cfg: FinetuneConfig) -> str:
         raise PolicyError(msg) from err
 
 
-def _record_task(cfg: FinetuneConfig, task: str, path: Path, seed: int) -> Path:
+def _record_task(
+    cfg: FinetuneConfig, task: str, path: Path, seed: int, size: tuple[int, int]
+) -> Path:
     from twinloop.sim2real.record import RecordConfig, record_twin_dataset
     from twinloop.sim2real.scene import CameraConfig
     from twinloop.sim2real.twin import TwinConfig
 
     record = RecordConfig(episodes=cfg.demos, kinds=("expert",), noise=cfg.demo_noise,
                           hold_steps=0, seed=seed, depth=False)  # fmt: skip
-    twin = TwinConfig(task=task, camera=CameraConfig(width=64, height=64))
+    twin = TwinConfig(task=task, camera=CameraConfig(width=size[0], height=size[1]))
     return record_twin_dataset(path, record, twin)
+
+
+def twin_camera_size(graph: Any) -> tuple[int, int]:
+    """(width, height) of the graph twin's camera: the demos are recorded with the same frames,
+    so a reward model relabels the offline data from what reward_node sees online."""
+    params = graph.node("twin").parameters if "twin" in graph.names else {}
+    size = (params.get("image_width", 64), params.get("image_height", 64))
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size):
+        msg = f"twin.image_width/image_height must be positive integers, got {size}"
+        raise PolicyError(msg)
+    return int(size[0]), int(size[1])
 
 
 def merge_task_stores(parts: Sequence[Path], dest: Path) -> Path:
@@ -211,15 +224,15 @@ def merge_task_stores(parts: Sequence[Path], dest: Path) -> Path:
     return dest
 
 
-def _record_demos(cfg: FinetuneConfig, path: Path) -> dict[str, Any]:
+def _record_demos(cfg: FinetuneConfig, path: Path, size: tuple[int, int]) -> dict[str, Any]:
     from twinloop.datasets.store import EpisodeStore
 
     if cfg.reset_free:  # both tasks, then one store with the task_onehot column
         parts = [_record_task(cfg, task, path.parent / "demo_parts" / f"{task}.zarr",
-                              cfg.seed + 10_000 * k) for k, task in enumerate(cfg.tasks)]  # fmt: skip
+                              cfg.seed + 10_000 * k, size) for k, task in enumerate(cfg.tasks)]  # fmt: skip
         merge_task_stores(parts, path)
     else:
-        _record_task(cfg, cfg.task, path, cfg.seed)
+        _record_task(cfg, cfg.task, path, cfg.seed, size)
     with EpisodeStore.open(path, mode="r") as store:
         metas = [store.episode_meta(i) for i in range(store.n_episodes)]
         steps = int(store.n_steps)
@@ -529,9 +542,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     paths = {"demos": out / "demos.zarr", "offline": out / "offline", "online": out / "online",
              "logs": out / "logs", "results": out / RESULTS}  # fmt: skip
     # a bad profile or override fails here, before minutes of work (the checkpoint is not there yet)
-    build_graph(cfg, obs=obs, checkpoint=paths["offline"] / "checkpoint.safetensors",
-                dataset=paths["demos"], online_dir=paths["online"], results=paths["results"],
-                reward_type=reward_type)  # fmt: skip
+    first = build_graph(cfg, obs=obs, checkpoint=paths["offline"] / "checkpoint.safetensors",
+                        dataset=paths["demos"], online_dir=paths["online"],
+                        results=paths["results"], reward_type=reward_type)  # fmt: skip
+    twin_camera_size(first)  # a bad size fails before any work too
     if paths["online"].exists() and any(paths["online"].iterdir()):
         msg = f"{paths['online']} is not empty: choose a new --out"
         raise PolicyError(msg)
@@ -541,7 +555,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
     _out(f"[finetune] run dir {out}")
     t0 = time.perf_counter()
-    demos = _record_demos(cfg, paths["demos"])
+    demos = _record_demos(cfg, paths["demos"], twin_camera_size(first))
     walls["demos"] = time.perf_counter() - t0
     _out(f"[finetune] stage 1/5 demos: {demos['episodes']} scripted {' + '.join(cfg.tasks)} episodes, "
          f"{demos['steps']} steps, success {demos['success_rate']:.0%} ({walls['demos']:.1f} s)")  # fmt: skip

@@ -13,7 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from twinloop.policy.errors import PolicyError
-from twinloop.policy.finetune import FinetuneConfig, merge_task_stores, pick_versions
+from twinloop.policy.finetune import (
+    FinetuneConfig,
+    merge_task_stores,
+    pick_versions,
+    twin_camera_size,
+)
 
 DOMAIN_ID = 1 + (os.getpid() + 37) % 100  # below 102: DDS ports out of the ephemeral range
 
@@ -94,6 +99,18 @@ def test_reset_free_config_and_task_column_merge(tmp_path: Path) -> None:
     np.testing.assert_array_equal(columns[2], [[0, 1]] * 5)
     assert [m["twin_task"] for m in metas] == ["open_drawer", "open_drawer", "close_drawer"]
     assert all(m["success"] and m["kind"] == "expert" for m in metas)
+
+
+def test_demos_are_recorded_with_the_graph_twins_camera_size() -> None:
+    # a reward model relabels the offline demos from the frames reward_node sees online
+    from twinloop.graph import load_graph
+
+    graph = load_graph("finetune_sim")
+    assert twin_camera_size(graph) == (64, 48)
+    wide = graph.with_overrides(["twin.image_width=160", "twin.image_height=120"])
+    assert twin_camera_size(wide) == (160, 120)
+    with pytest.raises(PolicyError, match="must be positive integers"):
+        twin_camera_size(graph.with_overrides(["twin.image_width=0"]))
 
 
 def test_pick_versions() -> None:
