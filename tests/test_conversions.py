@@ -291,6 +291,10 @@ def test_sim_state_round_trip() -> None:
     assert out["success"] is False and out["reward"] == 0.25
     np.testing.assert_array_equal(out["privileged_state"]["cube_pos"], state["cube_pos"])
     assert out["privileged_state"]["ee_yaw"].shape == ()
+    assert "stamp_ns" not in out
+    stamped = sim_state_to_msg(task="push_cube", episode=0, steps=0, max_steps=60, success=False,
+                               reward=0.0, privileged_state=state, time=0.0, stamp_ns=123_456)  # fmt: skip
+    assert sim_state_from_msg(stamped)["stamp_ns"] == 123_456  # the joint states' stamp
 
 
 def test_bad_sim_state_raises() -> None:

@@ -168,6 +168,12 @@ def test_actor_learner_loop_over_dds(tmp_path: Path) -> None:
             codes = procs.stop()
     assert codes == {"twin": 0, "safety": 0, "policy": 0, "learner": 0}, log()
     assert (tmp_path / "learner" / LEARNER_CHECKPOINT).exists()
+    # the twin counts how many states old each applied action's observation was: the policy
+    # acts on the newest state, so most actions land on time (0) and none is unstamped
+    timing = [line for line in lines if "action timing (states late)" in line]
+    assert timing, log()
+    counts = json.loads(timing[-1].split("late): ")[1].replace("'", '"'))
+    assert counts.get("0", 0) > 10 and "unstamped" not in counts, counts
 
     # 3. a restarted learner resumes from its checkpoint and announces its newest weights again
     alone = Graph("restart", (graph.node("learner"),))
@@ -209,3 +215,26 @@ def test_bad_parameters_fail_at_start(tmp_path: Path) -> None:
         out = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env, check=False)
         assert out.returncode == 2, out.stdout + out.stderr
         assert message in out.stderr
+
+
+def test_sim_state_takes_the_twins_stamp_not_its_arrival_time() -> None:
+    # a busy learner reads messages late: stamped on arrival, the privileged state would fall
+    # outside the joint states' sync window and shift the observation ticks
+    from twinloop.policy.actor import LatestObservations
+    from twinloop_ros.conversions import sim_state_to_msg
+    from twinloop_ros.obs_inputs import ObservationInputs
+
+    obs = ObsSpec(state_keys=default_state_keys("open_drawer", privileged=True))
+    latest = LatestObservations(obs)
+    with GraphProbe.open("sim_state_stamp", domain_id=DOMAIN_ID) as probe:
+        inputs = ObservationInputs(probe.node, latest, image_topic="/x",
+                                   joint_states_topic="/joint_states", ee_pose_topic="/p",
+                                   sim_state_topic="/s", warn=lambda k, t: None)  # fmt: skip
+        state = {"drawer_opening": np.array(0.01), "handle_pos": np.zeros(3)}
+        msg = dict(task="open_drawer", episode=0, steps=1, max_steps=60, success=False,
+                   reward=0.0, privileged_state=state, time=0.1)  # fmt: skip
+        inputs._on_sim_state(sim_state_to_msg(**msg, stamp_ns=5_000_000_000))
+        assert latest.snapshot()[1]["priv"] == 5_000_000_000
+        before = int(probe.node.get_clock().now().nanoseconds)
+        inputs._on_sim_state(sim_state_to_msg(**msg))  # an older twin: no stamp_ns
+        assert latest.snapshot()[1]["priv"] >= before

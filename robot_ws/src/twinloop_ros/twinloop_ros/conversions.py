@@ -322,10 +322,17 @@ def sim_state_to_msg(
     reward: float,
     privileged_state: Mapping[str, np.ndarray],
     time: float,
+    stamp_ns: int | None = None,
 ) -> String:
-    """The twin's /twinloop/sim/state payload (privileged: for experts and audits only)."""
+    """The twin's /twinloop/sim/state payload (privileged: for experts and audits only).
+
+    ``stamp_ns``: the stamp of the /joint_states and /twinloop/ee_pose published with it (a
+    String has no header), so a reader can put the three in one observation by stamp.
+    """
+    extra = {} if stamp_ns is None else {"stamp_ns": int(stamp_ns)}
     return json_to_msg(
         {
+            **extra,
             "task": task,
             "episode": int(episode),
             "steps": int(steps),

@@ -100,9 +100,14 @@ class ObservationInputs:
         self._update("ee pose", update)
 
     def _on_sim_state(self, msg: String) -> None:
-        now = int(self.node.get_clock().now().nanoseconds)  # no header: stamped on arrival
+        now = int(self.node.get_clock().now().nanoseconds)
 
         def update() -> None:
-            self.latest.update_privileged(sim_state_from_msg(msg)["privileged_state"], now)
+            state = sim_state_from_msg(msg)
+            # the twin's stamp of the joint state and pose published with it; an older twin's
+            # message has none: stamped on arrival, which a busy process makes late
+            stamp = state.get("stamp_ns")
+            stamp = int(stamp) if isinstance(stamp, int) and stamp > 0 else now
+            self.latest.update_privileged(state["privileged_state"], stamp)
 
         self._update("sim state", update)

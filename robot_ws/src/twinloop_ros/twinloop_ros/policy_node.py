@@ -4,7 +4,8 @@ A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_lear
 
 - subscribes the observation sources its ObsSpec needs: the camera (sensor QoS), /joint_states,
   /twinloop/ee_pose and, for ``priv_*`` state keys, the twin's /twinloop/sim/state (a String
-  without a header: its values are stamped with the time they arrive);
+  without a header: stamped with its ``stamp_ns`` field, the stamp of the joint state and pose
+  published with it);
 - a timer at ``control_hz`` asks the runner for an action and publishes it on /twinloop/action
   (sensor_msgs/JointState, ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest
   observation stamp it was computed from). The safety node turns it into /twinloop/safe_action;

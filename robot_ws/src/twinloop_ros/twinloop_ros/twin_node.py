@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +61,7 @@ from .conversions import (
     joint_state_to_msg,
     pose_to_msg,
     sim_state_to_msg,
+    stamp_to_ns,
 )
 from .errors import RosAdapterError
 from .node_utils import main_exit, params_from_dataclass, qos_for
@@ -133,6 +135,11 @@ class TwinNode(Node):
         self._grip = -1.0  # last commanded gripper: the hold action keeps it
         self._pending: np.ndarray | None = None  # newest unapplied safe action
         self._pending_ns = 0
+        self._pending_stamp_ns = 0  # header stamp of the pending action (its observation's)
+        self._published_ns: deque[int] = deque(maxlen=8)  # stamps of the last published states
+        # real time: how many states old the observation of each applied action was (0: the
+        # newest state, as it should be; 1: one control step late; "hold": no new action)
+        self.action_timing: Counter[str] = Counter()
         self._reward = 0.0
         self._success = False
         self._clock_base_ns = self.get_clock().now().nanoseconds
@@ -236,6 +243,7 @@ class TwinNode(Node):
             return
         self._pending = action
         self._pending_ns = self.get_clock().now().nanoseconds
+        self._pending_stamp_ns = stamp_to_ns(msg.header.stamp)
 
     def _take_action(self) -> np.ndarray:
         """The newest fresh action (each applied once), else hold still."""
@@ -244,11 +252,18 @@ class TwinNode(Node):
             age_s = (self.get_clock().now().nanoseconds - self._pending_ns) / 1e9
             if age_s <= self.cfg.action_timeout_s:
                 self._grip = float(action[4])
+                self._count_timing(self._pending_stamp_ns)
                 return action
             self.get_logger().warning(
                 f"ignoring a safe_action {age_s:.2f} s old", throttle_duration_sec=5.0
             )
+        self.action_timing["hold"] += 1
         return self._hold_action()
+
+    def _count_timing(self, stamp_ns: int) -> None:
+        """States published after the one the action was computed from (0 = on time)."""
+        newer = [s for s in self._published_ns if s > stamp_ns + 1_000_000]  # 1 ms: same state
+        self.action_timing[str(min(len(newer), 3)) if stamp_ns > 0 else "unstamped"] += 1
 
     def _on_reset(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         self._episode += 1
@@ -344,6 +359,7 @@ class TwinNode(Node):
         )
 
     def _publish_state(self, now: Time) -> None:
+        self._published_ns.append(now.nanoseconds)
         stamp = now.to_msg()
         phys, twin = self.twin.physics, self.twin
         self._joint_pub.publish(
@@ -364,6 +380,7 @@ class TwinNode(Node):
                 reward=self._reward,
                 privileged_state=twin.privileged_state(),
                 time=phys.time,
+                stamp_ns=now.nanoseconds,
             )
         )
 
@@ -381,6 +398,8 @@ class TwinNode(Node):
             self._depth_info_pub.publish(info)
 
     def destroy_node(self) -> None:
+        if self.cfg.realtime and self.action_timing:
+            self.get_logger().info(f"action timing (states late): {dict(self.action_timing)}")
         self.twin.close()
         super().destroy_node()
 
