@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 REPORT = "report.html"
+SHEET_FRAME_WIDTH = 160  # px per frame on a contact sheet (wider frames are subsampled)
 FILES = "report_files"
 
 # What each headline number is compared against: our own acceptance tests and benchmarks (full
@@ -231,7 +232,9 @@ def _contact_sheet(path: Path, out: Path, episodes: int = 4, frames: int = 6) ->
         for i in range(min(episodes, store.n_episodes)):
             sl = store.episode_slice(i)
             idx = np.unique(np.linspace(sl.start, sl.stop - 1, frames).round().astype(int))
-            rows.append(list(store.array(cams[0]).get_orthogonal_selection((idx,))))
+            picked = store.array(cams[0]).get_orthogonal_selection((idx,))
+            step = max(1, -(-picked.shape[2] // SHEET_FRAME_WIDTH))  # keep the report small
+            rows.append(list(picked[:, ::step, ::step]))
     width = max(len(r) for r in rows)
     rows = [r + [np.zeros_like(r[0])] * (width - len(r)) for r in rows]
     import matplotlib.image
