@@ -178,6 +178,14 @@ class StampedBuffer:
             return "too_old" if self._stamps[i] < t_ns else "too_new"
         return self._stamps[i], self._items[i]
 
+    def newest_before(self, before_ns: int, t_ns: int, tolerance_ns: int) -> tuple[int, Any] | str:
+        """The newest ``(stamp, item)`` stamped before ``before_ns``, if within the tolerance of
+        ``t_ns`` (else ``"after_end"``: only messages from after that time are near enough)."""
+        i = bisect.bisect_left(self._stamps, before_ns) - 1
+        if i < 0 or abs(self._stamps[i] - t_ns) > tolerance_ns:
+            return "after_end"
+        return self._stamps[i], self._items[i]
+
     def prune(self, t_ns: int) -> None:
         """Forget messages that cannot be the nearest to any time >= ``t_ns``."""
         n = 0
@@ -220,6 +228,9 @@ class StepAligner:
         self._k = 0  # index of the next grid time to add to the pending queue
         self.pending: deque[int] = deque()  # grid times waiting for their inputs
         self.clock_jumps = 0  # times the grid restarted because the clock jumped
+        # end_bound(t): the end time of the ended episode holding sample time t, else None;
+        # a sample then takes no message stamped at or after that end (set by the Recorder)
+        self.end_bound: Callable[[int], int | None] | None = None
 
     def _grid(self, k: int) -> int:
         return self._t0 + round(k * self.config.period_ns)
@@ -291,8 +302,11 @@ class StepAligner:
     def _assemble(self, t_ns: int) -> AlignedStep | DroppedStep:
         picks: dict[str, tuple[int, Any]] = {}
         reasons: dict[str, str] = {}
+        end = self.end_bound(t_ns) if self.end_bound is not None else None
         for name, buf in self.buffers.items():
             got = buf.nearest(t_ns, self._tol[name])
+            if end is not None and not isinstance(got, str) and got[0] >= end:
+                got = buf.newest_before(end, t_ns, self._tol[name])
             if isinstance(got, str):
                 reasons[name] = got
             else:
@@ -559,6 +573,7 @@ class Recorder:
         self.config = config
         self.meta: dict[str, Any] = dict(meta or {})  # defaults of every episode's metadata
         self.aligner = StepAligner(config)
+        self.aligner.end_bound = self._end_of
         self.sink = EpisodeSink(store, converters, max_queue=config.max_queue)
         self._episodes: list[_Episode] = []  # open, then ended-but-not-committed, in order
         self._open: _Episode | None = None
@@ -706,6 +721,10 @@ class Recorder:
         ep.dropped_steps += 1
         ep.dropped.update(reasons)
         self.dropped_total.update(reasons)
+
+    def _end_of(self, t_ns: int) -> int | None:
+        ep = self._episode_at(t_ns)
+        return None if ep is None else ep.end_ns
 
     def _episode_at(self, t_ns: int) -> _Episode | None:
         for ep in self._episodes:

@@ -268,6 +268,26 @@ def test_episode_is_committed_with_metadata_after_its_steps_resolve() -> None:
     assert rec.finished["committed"] == 1
 
 
+@pytest.mark.parametrize("tolerance_s", [0.05, 0.03])
+def test_the_last_step_takes_no_frame_from_after_the_end_event(tolerance_s: float) -> None:
+    # the frame nearest to the last sample (405 ms for t = 400) came after the end event (403):
+    # on the twin it already shows the next episode's reset. Take the one before, or drop.
+    rec, store = make_recorder(tolerance_s=tolerance_s)
+    sim = Sim(rec, {"cam": 45, "joints": 10}, lag_ms=2)
+    rec.activate(T0)
+    sim.run(5, {5: ev("start", 0)})
+    sim.run(600, {403: ev("success", 0)})
+    sim.close()
+    (steps, meta) = store.committed[0]
+    assert all(s["stamp_cam"] < (T0 + 403 * MS) / NS for s in steps)
+    if tolerance_s >= 0.04:  # 360 ms is within 50 ms of 400: taken instead of 405
+        assert [round(float(s["x_cam"])) for s in steps] == [90, 180, 315, 360]
+        assert meta["dropped_steps"] == 0
+    else:  # 360 is 40 ms away: no frame before the end is near enough
+        assert len(steps) == 3 and meta["dropped_steps"] == 1
+        assert rec.status()["dropped_total"] == {"cam:after_end": 1}
+
+
 def test_dropped_steps_are_counted_per_source_and_reason_never_filled() -> None:
     rec, store = make_recorder()
     sim = Sim(rec, {"cam": 100 / 3, "joints": 10})
