@@ -104,7 +104,6 @@ def _read_image(path: str) -> np.ndarray:
 
 def _twin_check(args: argparse.Namespace, config: Any) -> int:
     from twinloop.sim2real.calibration import (
-        calibrate_camera,
         camera_config_from_calibration,
         pose_error,
         save_correspondences,
@@ -133,15 +132,7 @@ def _twin_check(args: argparse.Namespace, config: Any) -> int:
         )
     if args.save_intrinsics:
         _save_intrinsics(Path(args.save_intrinsics), intr, overwrite=args.overwrite)
-    calib = calibrate_camera(
-        points,
-        pixels,
-        intr,
-        config,
-        base_frame=args.base_frame,
-        camera_frame=args.camera_frame,
-    )
-    _report(calib)
+    calib = _calibrate(args, points, pixels, intr, config)
     _finish(args, calib, points, pixels, image)
     dt, dr = pose_error(calib.camera_pose, truth)
     # The calibrated pose, loaded into a twin, is the twin's camera pose.
@@ -186,6 +177,19 @@ def _save_intrinsics(path: Path, intr: Any, *, overwrite: bool) -> None:
     _out(f"intrinsics: {path}")
 
 
+def _calibrate(
+    args: argparse.Namespace, points: np.ndarray, pixels: np.ndarray, intr: Any, config: Any
+) -> CameraCalibration:
+    """Fit the pose with the command line's frames and print it."""
+    from twinloop.sim2real.calibration import calibrate_camera
+
+    calib = calibrate_camera(
+        points, pixels, intr, config, base_frame=args.base_frame, camera_frame=args.camera_frame
+    )
+    _report(calib)
+    return calib
+
+
 def _finish(
     args: argparse.Namespace,
     calib: CameraCalibration,
@@ -205,7 +209,6 @@ def _finish(
 def cmd_calibrate_camera(args: argparse.Namespace) -> int:
     from twinloop.sim2real.calibration import (
         CalibrationConfig,
-        calibrate_camera,
         load_correspondences,
         load_intrinsics,
     )
@@ -225,15 +228,7 @@ def cmd_calibrate_camera(args: argparse.Namespace) -> int:
         raise TwinloopError(msg)
     intr = load_intrinsics(args.intrinsics)
     points, pixels = load_correspondences(args.points, marker_offset=args.marker_offset)
-    calib = calibrate_camera(
-        points,
-        pixels,
-        intr,
-        config,
-        base_frame=args.base_frame,
-        camera_frame=args.camera_frame,
-    )
-    _report(calib)
+    calib = _calibrate(args, points, pixels, intr, config)
     _finish(args, calib, points, pixels, _read_image(args.image) if args.image else None)
     return 0
 
