@@ -59,7 +59,7 @@ QUICK = Budget(graph_episodes=2, train_episodes=12, heldout_episodes=6, classifi
                online_episodes=4, eval_episodes=3, sysid_steps=1500)  # fmt: skip
 FULL = Budget(graph_episodes=4, train_episodes=36, heldout_episodes=12, classifier_steps=600,
               preference_queries=1000, preference_epochs=20, finetune_demos=20,
-              offline_steps=1500, online_episodes=16, eval_episodes=10, sysid_steps=6000)  # fmt: skip
+              offline_steps=1500, online_episodes=60, eval_episodes=10, sysid_steps=6000)  # fmt: skip
 
 # Frames for the reward models and the reward node: the twin's default camera at half size
 # (the finetune graph's twin renders 64x48 for a state policy; the classifier needs more).
