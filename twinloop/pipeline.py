@@ -39,7 +39,7 @@ RUN_FILE = "run.json"
 
 @dataclass(frozen=True)
 class Budget:
-    """How much work each stage does; :data:`QUICK` (CI, < 3 min) and :data:`FULL` (10-15 min)."""
+    """How much work each stage does; :data:`QUICK` (CI, < 3 min) and :data:`FULL` (8-11 min)."""
 
     graph_episodes: int
     train_episodes: int  # reward training data (expert/stall/noisy cycled)

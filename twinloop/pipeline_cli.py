@@ -44,7 +44,7 @@ def add_commands(sub: Any) -> None:
         "-> offline Cal-QL -> online fine-tuning on the actor/learner nodes with the learned "
         "reward -> an ASID round on the rod and the deploy of the identified twin's lift -> "
         "<run>/report.html.",
-        epilog="--quick: about 3 minutes on a 2-core CPU (CI); the full budget 10-15 minutes. "
+        epilog="--quick: about 3 minutes on a 2-core CPU (CI); the full budget about 10 minutes (8 min measured). "
         f"Stages: {', '.join(STAGE_NAMES)}. Bad input: one error line, exit 2.",
     )
     p.add_argument("--quick", action="store_true", help="the small budget (make demo QUICK=1)")
