@@ -50,7 +50,10 @@ def test_make_demo_quick_end_to_end(tmp_path: Path) -> None:
     page = (run / "report.html").read_text()
     for section in SECTIONS:
         assert f"<h2>{section}" in page, section
-    assert "FAILED" not in page and 'class="missing"' not in page and "n/a" not in page
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", page)  # base64 can spell "n/a"
+    assert "FAILED" not in text
+    assert 'class="missing"' not in text
+    assert "n/a" not in text
     assert page.count("data:image/png;base64,") >= 6  # contact sheets, audits, curve, sysid fit
     assert 'src="http' not in page and "src='http" not in page  # self-contained
 

@@ -160,7 +160,11 @@ def test_sigkill_mid_episode_loses_only_that_episode_and_a_restart_appends(tmp_p
         assert [m["success"] for m in metas] == [True, False]
         assert [m["episode_id"] for m in metas] == [0, 1]
         for m in metas:
-            assert 18 <= m["n_steps"] <= 21 and m["dropped_steps"] == 0, m
+            # the last step may go when no message from before the end event is near enough
+            # (after_end: the one nearest to it came after the end); nothing else is dropped
+            dropped = m.get("dropped_by_reason") or {}
+            assert all(reason.endswith(":after_end") for reason in dropped), m
+            assert 18 <= m["n_steps"] <= 21 and m["dropped_steps"] <= 1, m
             assert m["operator"] == "pytest" and m["task"] == "synthetic"
             assert set(m["camera_intrinsics"]) == {"color", "wrist"}
 
