@@ -38,7 +38,6 @@ never touched. At most ``max_queue`` steps wait for the disk; more are dropped (
 
 from __future__ import annotations
 
-import bisect
 import copy
 import datetime as dt
 import logging
@@ -53,7 +52,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .align import nearest_indices
+from .align import StampedBuffer
 from .errors import DatasetError
 
 __all__ = [
@@ -141,64 +140,6 @@ class RecorderConfig:
 
 
 # ----- buffers and alignment -------------------------------------------------------------------
-class StampedBuffer:
-    """The newest raw messages of one source, sorted by stamp (integer ns), bounded."""
-
-    def __init__(self, maxlen: int) -> None:
-        self.maxlen = maxlen
-        self._stamps: list[int] = []
-        self._items: list[Any] = []
-
-    def __len__(self) -> int:
-        return len(self._stamps)
-
-    @property
-    def newest_ns(self) -> int | None:
-        return self._stamps[-1] if self._stamps else None
-
-    def push(self, stamp_ns: int, item: Any) -> None:
-        if not self._stamps or stamp_ns >= self._stamps[-1]:
-            self._stamps.append(stamp_ns)
-            self._items.append(item)
-        else:  # out of order (rare): keep the buffer sorted
-            i = bisect.bisect_right(self._stamps, stamp_ns)
-            self._stamps.insert(i, stamp_ns)
-            self._items.insert(i, item)
-        if len(self._stamps) > self.maxlen:
-            del self._stamps[0], self._items[0]
-
-    def nearest(self, t_ns: int, tolerance_ns: int) -> tuple[int, Any] | str:
-        """``(stamp, item)`` nearest to ``t_ns`` within the tolerance, else why not."""
-        if not self._stamps:
-            return "missing"
-        stamps = np.asarray(self._stamps, dtype=np.int64)
-        idx, ok = nearest_indices(stamps, np.array([t_ns], dtype=np.int64), tolerance_ns)
-        i = int(idx[0])
-        if not ok[0]:
-            return "too_old" if self._stamps[i] < t_ns else "too_new"
-        return self._stamps[i], self._items[i]
-
-    def newest_before(self, before_ns: int, t_ns: int, tolerance_ns: int) -> tuple[int, Any] | str:
-        """The newest ``(stamp, item)`` stamped before ``before_ns``, if within the tolerance of
-        ``t_ns`` (else ``"after_end"``: only messages from after that time are near enough)."""
-        i = bisect.bisect_left(self._stamps, before_ns) - 1
-        if i < 0 or abs(self._stamps[i] - t_ns) > tolerance_ns:
-            return "after_end"
-        return self._stamps[i], self._items[i]
-
-    def prune(self, t_ns: int) -> None:
-        """Forget messages that cannot be the nearest to any time >= ``t_ns``."""
-        n = 0
-        while n + 1 < len(self._stamps) and self._stamps[n + 1] <= t_ns:
-            n += 1
-        if n:
-            del self._stamps[:n], self._items[:n]
-
-    def clear(self) -> None:
-        self._stamps.clear()
-        self._items.clear()
-
-
 @dataclass(frozen=True)
 class AlignedStep:
     """A resolved step: per source the chosen ``(stamp_ns, raw message)``."""
