@@ -45,7 +45,9 @@ class RewardSpec:
     # "success": -1 per step, 0 + terminal at the first success row (RoboFuME; the episode is
     # cut there); "success01": 0/1 + terminal; "key:<name>": a dataset column as the reward
     # (dense, no terminal unless terminal_on_success); "model:<checkpoint>": relabel frames with a
-    # twinloop.vlm_reward checkpoint, reward = RewardOutput.rewards, its success flag terminates
+    # twinloop.vlm_reward checkpoint, reward = RewardOutput.rewards, its success flag terminates;
+    # "model:TASK=PATH,TASK=PATH": one checkpoint per task, chosen by each episode's twin_task
+    # (reset-free stores of merge_task_stores)
     source: str = "success"
     scale: float = 1.0  # reward = scale * r + shift
     shift: float = 0.0  # added after scaling
@@ -566,11 +568,15 @@ def load_offline(
     if reward_batch < 1:
         msg = f"reward_batch must be >= 1, got {reward_batch}"
         raise PolicyError(msg)
-    model = None
+    models: dict[str, Any] = {}
     if reward.kind == "model":
-        from twinloop.vlm_reward.base import load_reward_model
+        from twinloop.vlm_reward.errors import RewardError
+        from twinloop.vlm_reward.routing import load_task_models, parse_task_checkpoints
 
-        model = load_reward_model(reward.argument)
+        try:
+            models = load_task_models(parse_task_checkpoints(reward.argument))
+        except RewardError as err:
+            raise PolicyError(f"reward {reward.source!r}: {err}") from err
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, EpisodeLabels]] = []
     with EpisodeStore.open(path) as store:
         keys = _read_keys(store.keys, obs, reward)
@@ -582,7 +588,8 @@ def load_offline(
                 log.warning("episode %d of %s has < 2 rows; skipped", i, path)
                 continue
             out = None
-            if model is not None:
+            if models:
+                model = _episode_model(models, store, int(i))
                 out = _score(model, rows, _frames_key(keys, obs), task, reward_batch)
             labels = label_episode(rows, reward, episode=int(i), model_out=out)
             t = len(labels.rewards)
@@ -609,6 +616,21 @@ def load_offline(
         )
     _log_summary(path, parts, buffer)
     return buffer
+
+
+def _episode_model(models: Mapping[str, Any], store: Any, episode: int) -> Any:
+    """The reward model of an episode: the only one, or the one of its ``twin_task``."""
+    if "" in models:
+        return models[""]
+    meta = store.episode_meta(episode)
+    task = str(meta.get("twin_task") or store.attrs.get("twin_task", ""))
+    if task not in models:
+        msg = (
+            f"episode {episode} is of task {task!r}, which has no reward model "
+            f"(models for {sorted(models)})"
+        )
+        raise PolicyError(msg)
+    return models[task]
 
 
 def _log_summary(path: Any, parts: Sequence[tuple[Any, ...]], buffer: ReplayBuffer) -> None:

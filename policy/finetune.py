@@ -22,7 +22,11 @@ Reset-free (``reset_free``, RoboFuME): the task and its partner in
 recorded and merged into one store with a ``task_onehot`` column, one policy conditioned on it is
 trained offline, and on the graph the episode runner switches the twin's task on success instead
 of resetting (a full reset every ``reset_every`` episodes). Evaluations run each task from its own
-reset; the curve shows the forward task.
+reset; the curve shows the forward task. With a learned reward, reset-free takes one reward model
+per task (``--reward model:open_drawer=A,close_drawer=B``): the demos are relabelled per task,
+reward_node switches models on the runner's start events, and the runner ends each attempt on
+the running task's success flag, with the twin's own success recorded beside it (the online
+reward audit in ``summary.json``).
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class FinetuneConfig:
     progress: bool = True  # progress bars
     reset_free: bool = False  # forward (task) / backward (TASK_PAIRS[task]) switched on success
     reset_every: int = 10  # reset_free: a full reset of the twin every N online episodes (0: never)
+    success_frames: int = 1  # learned reward: success flags in a row that end an online episode
 
     def __post_init__(self) -> None:
         from twinloop.sim2real.tasks import TASK_PAIRS, TASKS
@@ -103,9 +108,6 @@ class FinetuneConfig:
         if self.reset_free and self.task not in TASK_PAIRS:
             msg = f"--reset-free needs a task with a backward task; {self.task!r} has none. Available: {sorted(TASK_PAIRS)}"
             raise PolicyError(msg)
-        if self.reset_free and self.reward != "true":
-            msg = "--reset-free needs --reward true (the twin's success of each task)"
-            raise PolicyError(msg)
         if self.reset_every < 0:
             msg = f"reset_every must be >= 0 (0 = never), got {self.reset_every}"
             raise PolicyError(msg)
@@ -113,7 +115,24 @@ class FinetuneConfig:
             msg = f"unknown algo {self.algo!r}. Available: {list(ALGOS)}"
             raise PolicyError(msg)
         if self.reward != "true" and not self.reward.startswith("model:"):
-            msg = f"unknown reward {self.reward!r}. Available: true, model:PATH"
+            msg = (
+                f"unknown reward {self.reward!r}. Available: true, model:PATH, model:TASK=PATH,..."
+            )
+            raise PolicyError(msg)
+        if self.reward != "true":
+            models = self.reward_models  # PolicyError for a bad TASK=PATH list
+            missing = [t for t in self.tasks if t not in models and "" not in models]
+            if self.reset_free and "" in models:
+                msg = (
+                    "--reset-free with a learned reward needs one model per task: --reward "
+                    f"model:{self.tasks[0]}=PATH,{self.tasks[1]}=PATH"
+                )
+                raise PolicyError(msg)
+            if missing:
+                msg = f"--reward {self.reward}: no reward model for task(s) {missing}"
+                raise PolicyError(msg)
+        if self.success_frames < 1:
+            msg = f"success_frames must be >= 1, got {self.success_frames}"
             raise PolicyError(msg)
         for name in ("demos", "offline_steps", "offline_evals", "online_episodes",
                      "eval_episodes", "max_versions", "batch_size", "min_online"):  # fmt: skip
@@ -142,25 +161,59 @@ class FinetuneConfig:
 
     @property
     def reward_model(self) -> str:
-        """The reward checkpoint path ("" for the twin's true success)."""
+        """The reward checkpoint text after ``model:`` ("" for the twin's true success)."""
         return self.reward.partition(":")[2] if self.reward.startswith("model:") else ""
+
+    @property
+    def reward_models(self) -> dict[str, Path]:
+        """{task: checkpoint} of the tasks run (key "" for one model); {} for the true reward."""
+        from twinloop.vlm_reward.errors import RewardError
+        from twinloop.vlm_reward.routing import parse_task_checkpoints
+
+        if not self.reward_model:
+            return {}
+        try:
+            models = parse_task_checkpoints(self.reward_model)
+        except RewardError as err:
+            raise PolicyError(f"--reward {self.reward}: {err}") from None
+        if "" in models:
+            return models
+        return {t: models[t] for t in self.tasks if t in models}
+
+    def reward_source(self) -> str:
+        """The RewardSpec source of the demos: success, or model:[TASK=]PATH (absolute)."""
+        models = self.reward_models
+        if not models:
+            return "success"
+        if "" in models:
+            return f"model:{models[''].resolve()}"
+        if not self.reset_free:
+            return f"model:{models[self.task].resolve()}"
+        return "model:" + ",".join(f"{t}={p.resolve()}" for t, p in models.items())
 
 
 # ----- stages ----------------------------------------------------------------------------------
 def _check_reward_model(cfg: FinetuneConfig) -> str:
-    """The reward model's type; PolicyError when the file is missing or not a reward checkpoint."""
+    """The reward models' type (one for all tasks); PolicyError when a file is missing or not a
+    reward checkpoint, or two tasks' models are of different types."""
     from twinloop.vlm_reward.base import read_checkpoint_header
     from twinloop.vlm_reward.errors import RewardError
 
-    path = Path(cfg.reward_model)
-    if not path.is_file():
-        msg = f"--reward model:{path}: the reward checkpoint does not exist"
+    types: dict[str, str] = {}
+    for task, path in cfg.reward_models.items():
+        name = f"--reward model:{path}" + (f" (task {task})" if task else "")
+        if not path.is_file():
+            msg = f"{name}: the reward checkpoint does not exist"
+            raise PolicyError(msg)
+        try:
+            types[task] = read_checkpoint_header(path)["type"]
+        except RewardError as err:
+            msg = f"{name}: {err}"
+            raise PolicyError(msg) from err
+    if len(set(types.values())) > 1:
+        msg = f"--reward: the tasks' reward models must be of one type, got {types}"
         raise PolicyError(msg)
-    try:
-        return read_checkpoint_header(path)["type"]
-    except RewardError as err:
-        msg = f"--reward model:{path}: {err}"
-        raise PolicyError(msg) from err
+    return next(iter(types.values()))
 
 
 def _record_task(
@@ -287,7 +340,7 @@ def _offline(cfg: FinetuneConfig, dataset: Path, obs: Any, out: Path) -> tuple[A
     from .train import OfflineConfig, train_offline
 
     config = _algo_config(cfg)
-    source = f"model:{cfg.reward_model}" if cfg.reward_model else "success"
+    source = cfg.reward_source()
     buffer = load_offline(dataset, obs, RewardSpec(source=source), gamma=float(config.gamma),
                           seed=cfg.seed)  # fmt: skip
     spec = EncoderSpec(state_dim=int(buffer.state_dim), action_dim=obs.action_dim)
@@ -353,14 +406,21 @@ def build_graph(
             "episode_runner.min_event_readers=2",  # learner and policy hear every start
         ]
     if cfg.reward_model:
+        models = cfg.reward_models
         overrides += [
             "learner.reward_source=topic",
-            "learner.offline_reward=model:" + str(Path(cfg.reward_model).resolve()),
+            f"learner.offline_reward={cfg.reward_source()}",
             "episode_runner.success_source=reward",
+            f"episode_runner.success_frames={cfg.success_frames}",
             f"reward.reward_type={reward_type}",
-            f"reward.checkpoint={Path(cfg.reward_model).resolve()}",
             "twin.camera_fps=10.0",
         ]
+        if cfg.reset_free:  # one model per task, switched by the runner's start events
+            items = ", ".join(f"{t}={models[t].resolve()}" for t in cfg.tasks)
+            overrides += ["reward.checkpoint=", f"reward.task_checkpoints=[{items}]"]
+        else:
+            path = models.get("", models.get(cfg.task))
+            overrides.append(f"reward.checkpoint={Path(str(path)).resolve()}")
     graph = load_graph(GRAPH_PREFIX + cfg.profile, overrides=overrides)
     if not cfg.reward_model and "reward" in graph.names:
         graph = graph.without("reward")
@@ -482,6 +542,34 @@ def _reset_free_summary(
     }
 
 
+def reward_audit(episodes: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The learned reward's verdicts on the online episodes against the twin's own success
+    (episodes whose record has ``true_success``), overall and per task; None without any."""
+    known = [r for r in episodes if "true_success" in r]
+    if not known:
+        return None
+
+    def counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        flagged = sum(bool(r["success"]) for r in rows)
+        true = sum(bool(r["true_success"]) for r in rows)
+        return {
+            "episodes": len(rows),
+            "flagged_successes": flagged,
+            "true_successes": true,
+            "false_success": sum(bool(r["success"]) and not r["true_success"] for r in rows),
+            "missed": sum(bool(r["true_success"]) and not r["success"] for r in rows),
+            "agreement": round(
+                sum(bool(r["success"]) == bool(r["true_success"]) for r in rows) / len(rows), 4
+            ),
+        }
+
+    tasks = sorted({str(r.get("task", "")) for r in known} - {""})
+    out = counts(known)
+    if len(tasks) > 1:
+        out["per_task"] = {t: counts([r for r in known if r.get("task") == t]) for t in tasks}
+    return out
+
+
 def _node_rates(final: dict[str, Any] | None) -> dict[str, Any]:
     if not final:
         return {}
@@ -579,6 +667,11 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     wins = sum(bool(r["success"]) for r in episodes)
     _out(f"[finetune]   online: {len(episodes)} episodes, {wins} successes, graph exit "
          f"{online['exit_code']} ({walls['online']:.1f} s)")  # fmt: skip
+    audit = reward_audit(episodes)
+    if audit:
+        _out(f"[finetune]   reward audit: the twin agrees on {audit['agreement']:.0%} of "
+             f"{audit['episodes']} online episodes ({audit['false_success']} false successes, "
+             f"{audit['missed']} missed)")  # fmt: skip
 
     t0 = time.perf_counter()
     versions = _evaluate_versions(cfg, obs, paths["online"], records)
@@ -614,6 +707,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "graph": {k: v for k, v in online.items() if k != "wall_s"},
         "node_rates": _node_rates(final),
         "reset_free": _reset_free_summary(cfg, episodes, final),
+        "reward_audit": reward_audit(episodes),
         "wall_s": {k: round(v, 2) for k, v in walls.items()},
         "learning_curve": str(curve),
         "offline_checkpoint": str(checkpoint),
@@ -664,6 +758,7 @@ def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
         progress=not args.no_progress,
         reset_free=args.reset_free,
         reset_every=args.reset_every,
+        success_frames=args.success_frames,
         **values,
     )
 
@@ -707,7 +802,11 @@ def add_command(sub: Any) -> None:
     p.add_argument("--algo", default="calql", help=f"one of {', '.join(ALGOS)} (default: calql)")
     p.add_argument("--reward", default="true",
                    help="true: the twin's success (-1/0); model:PATH: a twinloop.vlm_reward "
-                   "checkpoint run by reward_node (default: true)")  # fmt: skip
+                   "checkpoint run by reward_node; with --reset-free one per task: "
+                   "model:open_drawer=A.safetensors,close_drawer=B.safetensors (default: true)")  # fmt: skip
+    p.add_argument("--success-frames", type=int, default=1,
+                   help="with a learned reward: success flags in a row that end an online "
+                   "episode (default 1)")  # fmt: skip
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation, fixed seeds (default 10; quick 3)")  # fmt: skip
     p.add_argument(
@@ -725,7 +824,8 @@ def add_command(sub: Any) -> None:
                    help="override a graph node parameter, e.g. learner.utd=2.0 (repeatable)")  # fmt: skip
     p.add_argument("--reset-free", action="store_true",
                    help="RoboFuME reset-free: the task and its backward task (TASK_PAIRS) take "
-                   "turns on success, one policy conditioned on task_onehot")  # fmt: skip
+                   "turns on success, one policy conditioned on task_onehot; with a learned "
+                   "reward, give one model per task in --reward")  # fmt: skip
     p.add_argument("--reset-every", type=int, default=10,
                    help="--reset-free: a full twin reset every N online episodes (default 10; "
                    "0 = only the first)")  # fmt: skip

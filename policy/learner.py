@@ -21,7 +21,9 @@ Assembly rules (docs/actor_learner.md):
 - rewards: ``reward_source="success"``: -1 per step, 0 on the last step of a ``success`` episode
   (RoboFuME). ``"topic"``: the /twinloop/reward value whose frame stamp is nearest to the step's
   next observation (within ``reward_tolerance_s``); a step without one falls back to the success
-  rule (counted in :attr:`TransitionAssembler.counts` as ``reward_fallback``);
+  rule (counted in :attr:`TransitionAssembler.counts` as ``reward_fallback``); a reward scored
+  for another task than the episode's (``task`` of :meth:`TransitionAssembler.on_reward`) is not
+  used (``reward_other_task``);
 - ``terminated`` is True exactly for episodes that end with ``success``; ``failure`` episodes are
   time-limit truncations (they keep bootstrapping);
 - reset-free (``task_onehot`` in the state keys): every row of an episode gets the one-hot of the
@@ -181,13 +183,19 @@ class TransitionAssembler:
             return
         self._open.actions.append((int(stamp_ns), a))
 
-    def on_reward(self, value: float, frame_stamp_ns: int) -> None:
+    def on_reward(self, value: float, frame_stamp_ns: int, *, task: str = "") -> None:
+        """A /twinloop/reward value; ``task``: the task whose model scored it (one model per
+        task, reset-free): an episode of another task does not take it."""
         if not math.isfinite(value):
             msg = f"reward must be finite, got {value}"
             raise PolicyError(msg)
         for ep in (self._open, *self._closing):
-            if ep is not None:
-                ep.rewards.append((int(frame_stamp_ns), float(value)))
+            if ep is None:
+                continue
+            if task and ep.task_name and task != ep.task_name:
+                self.counts["reward_other_task"] += 1
+                continue
+            ep.rewards.append((int(frame_stamp_ns), float(value)))
 
     def on_event(self, event: Mapping[str, Any], now_ns: int) -> None:
         """An /twinloop/episode event (``{"event": ..., "episode": n, ...}``) received at now_ns."""

@@ -13,6 +13,13 @@ instead of resetting; a failure retries the same task without a reset; every ``r
 episodes a full reset is made. The core emits a ``switch`` command for this; a cell must be able
 to switch its task at run time (the twin node listens on /twin/switch_task).
 
+Success from a reward model (``success_source="reward"``): a flag counts only when its frame is
+stamped at or after the episode's start (a frame of the previous episode, in flight across the
+reset or switch, cannot end the new one), when it was scored for the running task (reset-free:
+the reward node names the task whose model scored it), and after ``success_frames`` flags in a
+row. Where the cell also knows the truth (the twin), :meth:`EpisodeRunner.on_truth` records it
+next to the reward's verdict (``EpisodeResult.true_success``): the online reward audit.
+
 The core is a state machine driven by the caller: ``tick(now_ns)`` and the ``on_*`` inputs
 return :class:`Command` values (``reset``, ``event``, ``switch``, ``exit``) for the node to carry
 out; it never reads a clock itself, so tests drive it with a fake one.
@@ -63,8 +70,12 @@ class RunnerConfig:
     reset_free: bool = False  # on success switch to the other task instead of resetting
     tasks: tuple[str, ...] = ()  # (forward, backward) task pair for reset_free
     reset_every: int = 10  # reset_free: a full reset every N episodes (0 = only the first)
+    success_frames: int = 1  # success flags in a row that end an episode (reward source)
 
     def __post_init__(self) -> None:
+        if self.success_frames < 1:
+            msg = f"success_frames must be >= 1, got {self.success_frames}"
+            raise PolicyError(msg)
         if self.episodes < 1 or self.max_steps < 1:
             msg = f"episodes and max_steps must be >= 1, got {self.episodes}, {self.max_steps}"
             raise PolicyError(msg)
@@ -110,6 +121,7 @@ class EpisodeResult:
     success: bool
     duration_s: float  # from start to end event
     task: str  # "" when the runner does not know it
+    true_success: bool | None = None  # the cell's own verdict (on_truth); None: never heard
 
 
 class EpisodeRunner:
@@ -133,6 +145,8 @@ class EpisodeRunner:
         self._learner: tuple[int, int] = (0, 0)  # (episodes, env_steps) the learner reported
         self._weights_env_steps = -1  # env steps of the newest announced weights
         self._settle_until = 0
+        self._streak = 0  # success flags in a row in the running episode
+        self._truth: bool | None = None  # the cell's success during the running episode
 
     # ----- helpers -------------------------------------------------------------------------------
     def _set(self, phase: str, now_ns: int) -> None:
@@ -238,27 +252,57 @@ class EpisodeRunner:
         self._set("running", now_ns)
         self._start_ns = int(now_ns)
         self._last_success = False
+        self._streak = 0
+        self._truth = None
         self.index += 1
         self._since_reset += 1
 
     def _start(self, now_ns: int) -> list[Command]:
         self._begin(now_ns)
-        return [self._event("start")]
+        # stamp_ns: frames stamped from here on belong to this episode (the reward node switches
+        # its per-task model from this stamp)
+        return [self._event("start", stamp_ns=int(now_ns))]
 
     def on_success(
-        self, success: bool, now_ns: int, *, episode: int | None = None
+        self,
+        success: bool,
+        now_ns: int,
+        *,
+        episode: int | None = None,
+        stamp_ns: int | None = None,
+        task: str = "",
     ) -> list[Command]:
         """A success signal. ``episode``: the cell's episode id the signal is about (states of
-        an earlier episode, in flight during a reset, are ignored)."""
-        if self.phase != "running" or not success:
+        an earlier episode, in flight during a reset, are ignored); ``stamp_ns``: the stamp of
+        the frame it was computed from (earlier than the start: ignored); ``task``: the task it
+        was scored for (another than the running one: ignored)."""
+        if self.phase != "running":
             return []
         if episode is not None and self.cell_episode is not None and episode != self.cell_episode:
             return []
+        if stamp_ns is not None and stamp_ns < self._start_ns:
+            return []
+        if task and self.task and task != self.task:
+            return []
+        self._streak = self._streak + 1 if success else 0
+        if self._streak < self.config.success_frames:
+            return []
         return self._end(now_ns, success=True)
+
+    def on_truth(self, success: bool, *, task: str = "", stamp_ns: int | None = None) -> None:
+        """The cell's own success (the twin's, when success comes from a reward model): kept as
+        the running episode's ``true_success`` (True once it was seen)."""
+        if self.phase != "running" or (stamp_ns is not None and stamp_ns < self._start_ns):
+            return
+        if task and self.task and task != self.task:
+            return
+        self._truth = bool(self._truth) or bool(success)
 
     def _end(self, now_ns: int, *, success: bool) -> list[Command]:
         duration = (now_ns - self._start_ns) / 1e9
-        self.results.append(EpisodeResult(self.index - 1, success, duration, self.task))
+        self.results.append(
+            EpisodeResult(self.index - 1, success, duration, self.task, true_success=self._truth)
+        )
         self._last_success = success
         event = self._event("success" if success else "failure", duration_s=round(duration, 3))
         self._set("idle", now_ns)
@@ -282,6 +326,7 @@ class EpisodeRunner:
 
     def status(self) -> dict[str, Any]:
         n = len(self.results)
+        audit = any(r.true_success is not None for r in self.results)
         return {
             "phase": self.phase,
             "episodes": n,
@@ -292,4 +337,18 @@ class EpisodeRunner:
             "resets": self.resets,
             "switches": self.switches,
             "running": self.index - 1 if self.phase == "running" else None,
+            **({"audit": self.audit()} if audit else {}),
+        }
+
+    def audit(self) -> dict[str, int]:
+        """The success signal against the cell's truth over the episodes where both are known:
+        ``false_success`` = ended as a success the cell never reached; ``missed`` = ended as a
+        failure although the cell reached success."""
+        known = [r for r in self.results if r.true_success is not None]
+        return {
+            "episodes": len(known),
+            "agree": sum(r.success == r.true_success for r in known),
+            "false_success": sum(r.success and not r.true_success for r in known),
+            "missed": sum(bool(r.true_success) and not r.success for r in known),
+            "true_successes": sum(bool(r.true_success) for r in known),
         }

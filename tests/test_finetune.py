@@ -72,8 +72,20 @@ def test_reset_free_config_and_task_column_merge(tmp_path: Path) -> None:
     cfg = FinetuneConfig(out=Path("x"), task="close_drawer", reset_free=True)
     assert cfg.tasks == ("close_drawer", "open_drawer")
     assert FinetuneConfig(out=Path("x")).tasks == ("open_drawer",)
-    with pytest.raises(PolicyError, match="--reset-free needs --reward true"):
+    # a learned reward with reset-free: one model per task, named
+    with pytest.raises(PolicyError, match="needs one model per task"):
         FinetuneConfig(out=Path("x"), reset_free=True, reward="model:x.safetensors")
+    with pytest.raises(PolicyError, match=r"no reward model for task\(s\) \['close_drawer'\]"):
+        FinetuneConfig(out=Path("x"), reset_free=True, reward="model:open_drawer=a.st")
+    with pytest.raises(PolicyError, match="is not TASK=PATH"):
+        FinetuneConfig(out=Path("x"), reset_free=True, reward="model:open_drawer=a.st,b.st")
+    both = FinetuneConfig(out=Path("x"), reset_free=True,
+                          reward="model:close_drawer=/m/b.st,open_drawer=/m/a.st")  # fmt: skip
+    assert both.reward_models == {"open_drawer": Path("/m/a.st"), "close_drawer": Path("/m/b.st")}
+    assert both.reward_source() == "model:open_drawer=/m/a.st,close_drawer=/m/b.st"
+    # without reset-free a per-task list gives the task's model
+    one = FinetuneConfig(out=Path("x"), reward="model:close_drawer=/m/b.st,open_drawer=/m/a.st")
+    assert one.reward_source() == "model:/m/a.st"
     rng = np.random.default_rng(0)
     parts = []
     for task, lengths in (("open_drawer", (3, 4)), ("close_drawer", (5,))):

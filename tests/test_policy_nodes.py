@@ -200,11 +200,7 @@ def test_bad_parameters_fail_at_start(tmp_path: Path) -> None:
         ("policy_node", [], "checkpoint must name a policy checkpoint"),
         ("policy_node", [f"checkpoint:={tmp_path / 'x.st'}"], "x.st does not exist"),
         ("learner_node", [f"out_dir:={tmp_path}"], "no learner checkpoint in"),
-        (
-            "episode_runner_node",
-            ["reset_free:=true", "success_source:=reward"],
-            "reset_free needs success_source: sim",
-        ),
+        ("episode_runner_node", ["success_frames:=0"], "success_frames must be >= 1"),
         (
             "episode_runner_node",
             ["reset_free:=true", "tasks:=[open_drawer]"],

@@ -19,7 +19,7 @@ def test_start_success_next_then_exit_after_n() -> None:
     assert runner.tick(1) == []  # waiting for the answer
     out = runner.on_reset_done(True, {"episode": 1, "task": "open_drawer"}, 2 * S)
     assert kinds(out) == ["start"] and out[0].payload == {
-        "event": "start", "episode": 0, "task": "open_drawer"
+        "event": "start", "episode": 0, "task": "open_drawer", "stamp_ns": 2 * S
     }  # fmt: skip
     # a success state of the previous cell episode (in flight during the reset) is ignored
     assert runner.on_success(True, 3 * S, episode=0) == []
@@ -137,3 +137,46 @@ def test_reset_free_switches_task_on_success() -> None:
 def test_bad_config(kwargs: dict, match: str) -> None:
     with pytest.raises(PolicyError, match=match):
         RunnerConfig(**kwargs)
+
+
+def test_reward_flags_before_the_start_or_of_the_other_task_are_ignored() -> None:
+    cfg = RunnerConfig(episodes=3, max_steps=50, success_source="reward", reset_free=True,
+                       tasks=("open_drawer", "close_drawer"), success_frames=2)  # fmt: skip
+    runner = EpisodeRunner(cfg)
+    runner.tick(0)
+    out = runner.on_reset_done(True, {"episode": 1}, 10 * S)
+    assert out[0].payload["stamp_ns"] == 10 * S and out[0].payload["task"] == "open_drawer"
+    # a flag of a frame stamped before the start (in flight across the reset) is ignored
+    assert runner.on_success(True, 11 * S, stamp_ns=9 * S) == []
+    # one flag is not enough with success_frames=2; a non-success flag restarts the count
+    assert runner.on_success(True, 11 * S, stamp_ns=11 * S) == []
+    assert runner.on_success(False, 11 * S, stamp_ns=11 * S) == []
+    assert runner.on_success(True, 12 * S, stamp_ns=12 * S) == []
+    runner.on_truth(True, task="open_drawer", stamp_ns=12 * S)
+    out = runner.on_success(True, 12 * S, stamp_ns=12 * S)
+    assert kinds(out) == ["success", "switch", "start"]
+    assert runner.results[-1].true_success is True and runner.task == "close_drawer"
+    start = out[-1].payload
+    assert start["task"] == "close_drawer" and start["stamp_ns"] == 12 * S
+    # the forward model's flags (a frame in flight across the switch) cannot end the backward try
+    assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="open_drawer") == []
+    assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="open_drawer") == []
+    runner.on_truth(True, task="open_drawer", stamp_ns=13 * S)  # the other task's truth: ignored
+    runner.on_truth(False, task="close_drawer", stamp_ns=13 * S)
+    assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="close_drawer") == []
+    out = runner.on_success(True, 14 * S, stamp_ns=14 * S, task="close_drawer")
+    assert kinds(out) == ["success", "switch", "start"]
+    # the reward said success, the twin never did: a false success in the audit
+    assert runner.results[-1].true_success is False
+    # the twin reached success, the reward never flagged it: missed
+    runner.on_truth(True, task="open_drawer", stamp_ns=15 * S)
+    assert kinds(runner.tick(20 * S)) == ["failure", "exit"]
+    assert runner.results[-1].true_success is True
+    assert runner.audit() == {"episodes": 3, "agree": 1, "false_success": 1, "missed": 1,
+                              "true_successes": 2}  # fmt: skip
+    assert runner.status()["audit"]["episodes"] == 3
+
+
+def test_success_frames_must_be_positive() -> None:
+    with pytest.raises(PolicyError, match="success_frames"):
+        RunnerConfig(success_frames=0)

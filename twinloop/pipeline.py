@@ -5,12 +5,15 @@ command a user can run alone, and one stage's crash cannot take the others' resu
 
 1. ``graph``: the sim graph (twin, safety, scripted teleop, recorder) records teleop demos to zarr.
 2. ``data``: scripted successes and failures (expert, stall, noisy) for the reward models, and a
-   separate held-out set (other seeds) for the audits.
-3. ``classifier``: the RoboFuME success classifier, trained, then audited on the held-out set.
+   separate held-out set (other seeds) for the audits; reset-free, the same for the backward task.
+3. ``classifier``: the RoboFuME success classifier, trained, then audited on the held-out set;
+   reset-free, one for each task.
 4. ``preference``: RL-VLM-F preference labels from the simulated teacher over HTTP, the
    Bradley-Terry ensemble, audited on the held-out set.
 5. ``finetune``: offline Cal-QL, then online fine-tuning through the actor/learner nodes with the
-   learned success classifier as the reward (reward_node), every published version evaluated.
+   learned success classifiers as the reward (reward_node), reset-free forward/backward (the task
+   and its partner in ``TASK_PAIRS``: a success switches task instead of resetting), every
+   published version evaluated; the twin's own success is recorded beside the reward's verdict.
 6. ``sysid``: an ASID round on the rod (explore, identify the hidden CoM, update the twin) and the
    deploy step: the lift planned in the identified twin, executed on the hidden-parameter twin.
 
@@ -73,6 +76,7 @@ class PipelineConfig:
     task: str = "open_drawer"  # the fine-tuning task (and the reward models' task)
     seed: int = 0
     stages: tuple[str, ...] = ()  # empty: all, in order
+    reset_free: bool = True  # forward/backward online (when the task has a backward task)
 
     def __post_init__(self) -> None:
         from twinloop.sim2real.tasks import TASKS
@@ -89,11 +93,19 @@ class PipelineConfig:
     def budget(self) -> Budget:
         return QUICK if self.quick else FULL
 
+    @property
+    def backward(self) -> str:
+        """The backward task of a reset-free run ("" when not reset-free)."""
+        from twinloop.sim2real.tasks import TASK_PAIRS
+
+        return TASK_PAIRS.get(self.task, "") if self.reset_free else ""
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "out": str(self.out), "quick": self.quick, "task": self.task, "seed": self.seed,
             "stages": list(self.stages) or list(STAGE_NAMES),
             "budget": dataclasses.asdict(self.budget), "image_size": list(IMAGE_SIZE),
+            "reset_free": bool(self.backward), "backward_task": self.backward,
         }  # fmt: skip
 
 
@@ -112,8 +124,9 @@ class StageResult:
 
 
 # ----- the stages ------------------------------------------------------------------------------
-def _paths(run: Path) -> dict[str, Path]:
-    return {
+def _paths(run: Path, backward: str = "") -> dict[str, Path]:
+    """The forward task's files; with ``backward``, its own ``*_b`` ones (``<name>_<task>``)."""
+    out = {
         "train": run / "data" / "reward_train.zarr",
         "heldout": run / "data" / "reward_heldout.zarr",
         "classifier": run / "reward" / "classifier.safetensors",
@@ -121,32 +134,56 @@ def _paths(run: Path) -> dict[str, Path]:
         "audit_classifier": run / "reward" / "audit_classifier",
         "audit_preference": run / "reward" / "audit_preference",
     }
+    if backward:
+        out |= {
+            "train_b": run / "data" / f"reward_train_{backward}.zarr",
+            "heldout_b": run / "data" / f"reward_heldout_{backward}.zarr",
+            "classifier_b": run / "reward" / f"classifier_{backward}.safetensors",
+            "audit_classifier_b": run / "reward" / f"audit_classifier_{backward}",
+        }
+    return out
+
+
+def backward_task(run: Path) -> str:
+    """The backward task a run recorded (run.json), "" for a run that was not reset-free."""
+    data = _read_json(run / RUN_FILE) or {}
+    return str((data.get("config") or {}).get("backward_task") or "")
 
 
 def _commands(name: str, cfg: PipelineConfig) -> list[list[str]]:
     """The ``twinloop`` argument lists a stage runs, in order."""
-    b, run, p = cfg.budget, cfg.out, _paths(cfg.out)
+    b, run, back = cfg.budget, cfg.out, cfg.backward
+    p = _paths(run, back)
     w, h = IMAGE_SIZE
     if name == "graph":
         return [["demo", "--episodes", str(b.graph_episodes), "--task", cfg.task,
                  "--out", str(run / "graph")]]  # fmt: skip
     if name == "data":
-        record = ["twin", "record", "--task", cfg.task, "--kinds", "expert,stall,noisy",
-                  "--width", str(w), "--height", str(h), "--no-depth", "--overwrite"]  # fmt: skip
-        return [
-            [*record, "--episodes", str(b.train_episodes), "--seed", str(cfg.seed),
-             "--out", str(p["train"])],
-            [*record, "--episodes", str(b.heldout_episodes), "--seed", str(cfg.seed + 10_000),
-             "--out", str(p["heldout"])],
-        ]  # fmt: skip
+        out = []
+        for task, sfx, offset in ((cfg.task, "", 0), (back, "_b", 20_000)):
+            if not task:
+                continue
+            record = ["twin", "record", "--task", task, "--kinds", "expert,stall,noisy",
+                      "--width", str(w), "--height", str(h), "--no-depth", "--overwrite"]  # fmt: skip
+            out += [
+                [*record, "--episodes", str(b.train_episodes), "--seed", str(cfg.seed + offset),
+                 "--out", str(p["train" + sfx])],
+                [*record, "--episodes", str(b.heldout_episodes),
+                 "--seed", str(cfg.seed + offset + 10_000), "--out", str(p["heldout" + sfx])],
+            ]  # fmt: skip
+        return out
     if name == "classifier":
-        return [
-            ["reward", "train-classifier", "--dataset", str(p["train"]), "--out",
-             str(p["classifier"]), "--overwrite", "--steps", str(b.classifier_steps),
-             "--seed", str(cfg.seed)],
-            ["reward", "audit", "--dataset", str(p["heldout"]), "--checkpoint",
-             str(p["classifier"]), "--out", str(p["audit_classifier"]), "--max-plots", "4"],
-        ]  # fmt: skip
+        out = []
+        for sfx in ("", "_b") if back else ("",):
+            out += [
+                ["reward", "train-classifier", "--dataset", str(p["train" + sfx]), "--out",
+                 str(p["classifier" + sfx]), "--overwrite", "--steps", str(b.classifier_steps),
+                 "--seed", str(cfg.seed)],
+                ["reward", "audit", "--dataset", str(p["heldout" + sfx]), "--checkpoint",
+                 str(p["classifier" + sfx]), "--out", str(p["audit_classifier" + sfx]),
+                 "--max-plots", "4"],
+            ]  # fmt: skip
+        return out
     if name == "preference":
         return [
             ["reward", "label", "--teacher", "--dataset", str(p["train"]), "--out-model",
@@ -157,7 +194,11 @@ def _commands(name: str, cfg: PipelineConfig) -> list[list[str]]:
              str(p["preference"]), "--out", str(p["audit_preference"]), "--max-plots", "4"],
         ]  # fmt: skip
     if name == "finetune":
-        args = ["finetune", "--task", cfg.task, "--reward", f"model:{p['classifier']}",
+        reward = f"model:{p['classifier']}"
+        if back:  # one classifier per task, reset-free
+            reward = f"model:{cfg.task}={p['classifier']},{back}={p['classifier_b']}"
+        args = ["finetune", "--task", cfg.task, "--reward", reward,
+                *(["--reset-free"] if back else []),
                 "--out", str(run / "finetune"), "--seed", str(cfg.seed),
                 "--demos", str(b.finetune_demos), "--offline-steps", str(b.offline_steps),
                 "--online-episodes", str(b.online_episodes),
@@ -184,7 +225,8 @@ def _pct(x: Any) -> str:
 
 def _headline(name: str, run: Path) -> str:
     """One line of the stage's result, read from what it wrote."""
-    p = _paths(run)
+    back = backward_task(run)
+    p = _paths(run, back)
     if name == "graph":
         lines = (run / "graph" / "episodes.jsonl").read_text().splitlines()
         eps = [json.loads(x) for x in lines if x.strip()]
@@ -194,24 +236,41 @@ def _headline(name: str, run: Path) -> str:
         from twinloop.datasets.store import EpisodeStore
 
         counts = []
-        for key in ("train", "heldout"):
+        keys = ("train", "heldout", "train_b", "heldout_b") if back else ("train", "heldout")
+        for key in keys:
             with EpisodeStore.open(p[key], mode="r") as store:
                 metas = [store.episode_meta(i) for i in range(store.n_episodes)]
             wins = sum(bool(m.get("success")) for m in metas)
-            counts.append(f"{key} {len(metas)} episodes ({wins} successes)")
+            label = key.removesuffix("_b") + (f" {back}" if key.endswith("_b") else "")
+            counts.append(f"{label} {len(metas)} episodes ({wins} successes)")
         return "; ".join(counts)
-    if name in ("classifier", "preference"):
-        audit = _read_json(p[f"audit_{name}"] / "summary.json") or {}
-        frame = audit.get("frame_flags") or {}
-        parts = [f"held-out Spearman vs progress {audit.get('spearman', float('nan')):.2f}"]
-        if frame and name == "classifier":  # a preference reward ranks, it flags nothing
-            parts.append(f"frame FP {_pct(frame.get('fp_rate'))} FN {_pct(frame.get('fn_rate'))}")
-        return ", ".join(parts)
+    if name == "preference":
+        audit = _read_json(p["audit_preference"] / "summary.json") or {}
+        return f"held-out Spearman vs progress {audit.get('spearman', float('nan')):.2f}"
+    if name == "classifier":  # a preference reward ranks, only the classifier flags success
+        parts = []
+        audits = ["audit_classifier", "audit_classifier_b"] if back else ["audit_classifier"]
+        for key in audits:
+            audit = _read_json(p[key] / "summary.json") or {}
+            frame = audit.get("frame_flags") or {}
+            text = f"held-out Spearman vs progress {audit.get('spearman', float('nan')):.2f}"
+            if frame:
+                text += f", frame FP {_pct(frame.get('fp_rate'))} FN {_pct(frame.get('fn_rate'))}"
+            parts.append((f"{back}: " if key.endswith("_b") else "") + text)
+        return "; ".join(parts)
     if name == "finetune":
         s = _read_json(run / "finetune" / "summary.json") or {}
-        return (f"success offline {_pct(s.get('success_offline_end'))} -> online "
+        text = (f"success offline {_pct(s.get('success_offline_end'))} -> online "
                 f"{_pct(s.get('success_online_end'))} ({s.get('online_episodes')} online episodes, "
                 f"{s.get('versions_published')} policy versions)")  # fmt: skip
+        rf, audit = s.get("reset_free") or {}, s.get("reward_audit") or {}
+        if rf:
+            text += f"; reset-free: {rf.get('switches')} switches, {rf.get('resets')} resets"
+        if audit:
+            text += (
+                f"; the twin agrees with the reward on {_pct(audit.get('agreement'))} of episodes"
+            )
+        return text
     if name == "sysid":
         s = _read_json(run / "sysid" / "summary.json") or {}
         key = "rod.com_offset"
@@ -229,7 +288,7 @@ TITLES = {
     "data": "reward data: successes and failures, and a held-out set",
     "classifier": "success classifier (RoboFuME): train + audit",
     "preference": "preference reward (RL-VLM-F, simulated teacher over HTTP): label + audit",
-    "finetune": "offline Cal-QL -> online fine-tuning on the actor/learner nodes, learned reward",
+    "finetune": "offline Cal-QL -> online on the actor/learner nodes, learned reward, reset-free",
     "sysid": "ASID round on the rod -> deploy the lift planned in the identified twin",
 }
 STAGE_NAMES: tuple[str, ...] = tuple(TITLES)

@@ -16,7 +16,8 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.runs) / time.strftime("%Y%m%d-%H%M%S")
     stages = tuple(s for s in (args.stages or "").split(",") if s)
-    cfg = PipelineConfig(out=out, quick=args.quick, task=args.task, seed=args.seed, stages=stages)
+    cfg = PipelineConfig(out=out, quick=args.quick, task=args.task, seed=args.seed, stages=stages,
+                         reset_free=args.reset_free)  # fmt: skip
     code, _ = run_pipeline(cfg)
     return code
 
@@ -42,7 +43,7 @@ def add_commands(sub: Any) -> None:
         description="The whole loop on the twin (what `make demo` runs): the sim graph records "
         "teleop demos -> reward data -> success classifier and preference reward, each audited "
         "-> offline Cal-QL -> online fine-tuning on the actor/learner nodes with the learned "
-        "reward -> an ASID round on the rod and the deploy of the identified twin's lift -> "
+        "reward, reset-free forward/backward -> an ASID round on the rod and the deploy of the identified twin's lift -> "
         "<run>/report.html.",
         epilog="--quick: about 3 minutes on a 2-core CPU (CI); the full budget about 10 minutes (8 min measured). "
         f"Stages: {', '.join(STAGE_NAMES)}. Bad input: one error line, exit 2.",
@@ -50,6 +51,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="the small budget (make demo QUICK=1)")
     p.add_argument("--task", default="open_drawer", help="fine-tuning task (default: open_drawer)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, training and episodes")
+    p.add_argument("--reset-free", action=argparse.BooleanOptionalAction, default=True,
+                   help="online fine-tuning reset-free, forward/backward with one classifier "
+                   "per task (default; needs a task with a backward task, else it runs the task "
+                   "alone)")  # fmt: skip
     p.add_argument("--runs", default="runs", help="where run directories go (default: runs/)")
     p.add_argument("--out", default=None, help="run directory (default: <runs>/<timestamp>)")
     p.add_argument(

@@ -135,21 +135,36 @@ def _quick_note(run: dict[str, Any]) -> str:
 
 def _section_summary(run_dir: Path) -> str:
     """The headline numbers, each next to what it is compared against below."""
+    from .pipeline import backward_task
+
     rows = []
-    cls = _read_json(run_dir / "reward" / "audit_classifier" / "summary.json")
-    if cls and cls.get("frame_flags"):
-        f = cls["frame_flags"]
-        rows.append(["success classifier, held-out frames",
-                     f"FP {_pct(f.get('fp_rate'))}, FN {_pct(f.get('fn_rate'))}"])  # fmt: skip
+    run = _read_json(run_dir / "run.json") or {}
+    task, back = (run.get("config") or {}).get("task", ""), backward_task(run_dir)
+    for name, label in (("audit_classifier", task), (f"audit_classifier_{back}", back)):
+        cls = _read_json(run_dir / "reward" / name / "summary.json") if label else None
+        if cls and cls.get("frame_flags"):
+            f = cls["frame_flags"]
+            rows.append([f"success classifier ({_esc(label)}), held-out frames",
+                         f"FP {_pct(f.get('fp_rate'))}, FN {_pct(f.get('fn_rate'))}"])  # fmt: skip
     pref = _read_json(run_dir / "reward" / "audit_preference" / "summary.json")
     if pref:
         rows.append(["preference reward, held-out Spearman vs true progress",
                      _fmt(pref.get("spearman"), ".2f")])  # fmt: skip
     fine = _read_json(run_dir / "finetune" / "summary.json")
     if fine:
-        rows.append(["policy success (true success, fixed-seed evaluations)",
-                     f"offline end {_pct(fine.get('success_offline_end'))} -> online end "
-                     f"{_pct(fine.get('success_online_end'))}"])  # fmt: skip
+        rows.append([f"policy success on {_esc(fine.get('task'))} (true success, fixed-seed "
+                     "evaluations)", f"offline end {_pct(fine.get('success_offline_end'))} -> "
+                     f"online end {_pct(fine.get('success_online_end'))}"])  # fmt: skip
+        last = (fine.get("versions") or [{}])[-1]
+        if "success_rate_backward" in last:
+            rows.append(["policy success on the backward task (last version)",
+                         _pct(last.get("success_rate_backward"))])  # fmt: skip
+        audit = fine.get("reward_audit")
+        if audit:
+            rows.append(["online reward audit: the twin's success vs the reward's verdict",
+                         f"agree on {_pct(audit.get('agreement'))} of {audit.get('episodes')} "
+                         f"episodes ({audit.get('false_success')} false successes, "
+                         f"{audit.get('missed')} missed)"])  # fmt: skip
     sysid = _read_json(run_dir / "sysid" / "summary.json")
     if sysid and sysid.get("estimate"):
         key = "rod.com_offset"
@@ -245,11 +260,19 @@ def _contact_sheet(path: Path, out: Path, episodes: int = 4, frames: int = 6) ->
 
 
 def _section_data(run: dict[str, Any], run_dir: Path) -> str:
+    from .pipeline import backward_task
+
     parts = ["<h2>Datasets</h2>"]
+    back = backward_task(run_dir)
     stores = [("teleop demos through the ROS 2 graph", run_dir / "graph" / "demos.zarr"),
               ("reward training data", run_dir / "data" / "reward_train.zarr"),
               ("reward held-out data (other seeds)", run_dir / "data" / "reward_heldout.zarr"),
               ("fine-tuning demos (scripted, in the twin)", run_dir / "finetune" / "demos.zarr")]  # fmt: skip
+    if back:
+        stores[3:3] = [
+            (f"reward training data, {back}", run_dir / "data" / f"reward_train_{back}.zarr"),
+            (f"reward held-out data, {back}", run_dir / "data" / f"reward_heldout_{back}.zarr"),
+        ]
     parts.append(_table(["store", "episodes", "steps", "successes", "kinds", "cameras"],
                         _store_rows(stores)))  # fmt: skip
     for label, store, name in (("teleop demos recorded by the recorder node", stores[0][1], "sheet_graph.png"),
@@ -298,25 +321,33 @@ def _audit_block(run_dir: Path, name: str, title: str, *, flags: bool) -> str:
 
 
 def _section_reward(run: dict[str, Any], run_dir: Path) -> str:
+    from .pipeline import backward_task
+
     parts = ["<h2>Reward audit</h2>"]
-    for name, title in (("classifier", "Success classifier (RoboFuME)"),
-                        ("preference", "Preference reward (RL-VLM-F, simulated teacher)")):  # fmt: skip
+    task, back = (run.get("config") or {}).get("task", ""), backward_task(run_dir)
+    blocks = [("classifier", "classifier", f"Success classifier (RoboFuME), {task}")]
+    if back:
+        blocks.append(("classifier", f"classifier_{back}", f"Success classifier, {back}"))
+    blocks.append(("preference", "preference", "Preference reward (RL-VLM-F, simulated teacher)"))
+    for name, stem, title in blocks:
         stage = _stage(run, name)
         note = _not_run(stage)
         if note:
             parts.append(f"<h3>{_esc(title)}</h3>{note}")
             continue
         # a preference reward ranks frames, it does not flag success: no FP/FN for it
-        parts.append(_audit_block(run_dir, name, title, flags=name == "classifier"))
+        parts.append(_audit_block(run_dir, stem, title, flags=name == "classifier"))
         if name == "classifier":
-            rep = _read_json(run_dir / "reward" / "classifier.report.json") or {}
+            rep = _read_json(run_dir / "reward" / f"{stem}.report.json") or {}
             hold = (rep.get("holdout") or {}).get("frame") or {}
             parts.append(
                 f"<p>Training: threshold {_fmt(rep.get('threshold'), '.3f')} chosen for a target "
                 f"FP rate; its own held-out split: FP {_pct(hold.get('fp_rate'))}, FN "
                 f"{_pct(hold.get('fn_rate'))}.</p>"
-                + _img(run_dir / "reward" / "classifier.report.png", "classifier report", 640)
+                + _img(run_dir / "reward" / f"{stem}.report.png", f"{stem} report", 640)
             )
+            if stem != "classifier":
+                continue  # one comparison box for the classifiers
         else:
             rep = _read_json(run_dir / "reward" / "preference.json") or {}
             shown = {k: rep[k] for k in ("queries", "labeled", "dropped", "spearman_progress",
@@ -333,12 +364,23 @@ def _section_finetune(run: dict[str, Any], run_dir: Path) -> str:
     s = _read_json(run_dir / "finetune" / "summary.json")
     if note or s is None:
         return "".join(parts) + (note or '<p class="missing">no finetune summary</p>')
+    rf = s.get("reset_free") or {}
     parts.append(
         f"<p>Task <code>{_esc(s.get('task'))}</code>, algorithm {_esc(s.get('algo'))}, reward "
         f"<code>{_esc(s.get('reward'))}</code> (reward_node runs the learned classifier on the "
         f"camera frames; the learner relabels the offline data with it). Success is the twin's "
         f"true success predicate in evaluation episodes with fixed seeds.</p>"
     )
+    audit = s.get("reward_audit") or {}
+    if rf:
+        parts.append(_reset_free_block(s, rf))
+    elif audit:
+        parts.append(
+            f"<p>Online reward audit (the twin's own success beside the classifier's verdict, "
+            f"{audit.get('episodes')} online episodes): {audit.get('flagged_successes')} flagged "
+            f"successes, {audit.get('true_successes')} true; {audit.get('false_success')} false "
+            f"successes, {audit.get('missed')} missed.</p>"
+        )
     rows = [[_esc(e.get("phase")), _fmt(e.get("step"), "d"), _pct(e.get("success_rate")),
              _fmt(e.get("mean_return"), ".2f")] for e in s.get("evals", [])]  # fmt: skip
     parts.append(
@@ -354,6 +396,56 @@ def _section_finetune(run: dict[str, Any], run_dir: Path) -> str:
         + _compare("finetune")
     )
     return "".join(parts)
+
+
+def _reset_free_block(s: dict[str, Any], rf: dict[str, Any]) -> str:
+    """Reset-free: per-task attempts and the reward's verdicts against the twin's truth."""
+    tasks = list(rf.get("tasks") or [])
+    audit = s.get("reward_audit") or {}
+    per_task = audit.get("per_task") or ({tasks[0]: audit} if audit and len(tasks) == 1 else {})
+    rows = []
+    for t in tasks:
+        a = per_task.get(t) or {}
+        rows.append([f"<code>{_esc(t)}</code>", _fmt((rf.get("episodes") or {}).get(t), "d"),
+                     _fmt((rf.get("successes") or {}).get(t), "d"),
+                     _fmt(a.get("true_successes"), "d"), _fmt(a.get("false_success"), "d"),
+                     _fmt(a.get("missed"), "d")])  # fmt: skip
+    versions = [v for v in s.get("versions") or [] if "success_rate_backward" in v]
+    vrows = [[f"v{v['version']}", _fmt(v.get("env_steps"), "d"), _pct(v.get("success_rate")),
+              _pct(v.get("success_rate_backward"))] for v in versions]  # fmt: skip
+    return (
+        f"<h3>Reset-free online phase: {' &harr; '.join(_esc(t) for t in tasks)}</h3>"
+        f"<p>A success (the running task's classifier flag) switches the twin to the other task "
+        f"without a reset; a failure retries the task; a full reset every "
+        f"{_esc(rf.get('reset_every'))} episodes. This run: {_esc(rf.get('switches'))} switches, "
+        f"{_esc(rf.get('resets'))} full resets. The twin's own success is recorded beside each "
+        f"verdict (the online reward audit).</p>"
+        + _table(
+            [
+                "task",
+                "attempts",
+                "successes (reward's flag)",
+                "true successes (twin)",
+                "false successes",
+                "missed",
+            ],
+            rows,
+        )
+        + (
+            "<p>Every evaluated version on both tasks (each from its own reset):</p>"
+            + _table(
+                [
+                    "version",
+                    "env steps",
+                    tasks[0] if tasks else "forward",
+                    tasks[1] if len(tasks) > 1 else "backward",
+                ],
+                vrows,
+            )
+            if vrows
+            else ""
+        )
+    )
 
 
 def _section_sysid(run: dict[str, Any], run_dir: Path) -> str:

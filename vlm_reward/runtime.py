@@ -140,6 +140,7 @@ class _Frame:
     stamp: int
     state: Mapping[str, np.ndarray]
     received: float  # time.monotonic() when it arrived
+    task: str | None = None  # the task the frame is scored for (None: the runtime's task)
 
 
 @dataclass
@@ -284,11 +285,14 @@ class RewardRuntime:
         *,
         state: Mapping[str, np.ndarray] | None = None,
         received: float | None = None,
+        task: str | None = None,
     ) -> None:
         """Offer the newest frame of ``camera``: it replaces a frame still waiting (skipped).
 
         ``stamp`` comes back with the result; ``received`` (time.monotonic(), default now) starts
-        the latency clock. A frame that is not (H, W, 3) uint8 of at least 8x8 is counted as
+        the latency clock. ``task``: the ``RewardBatch.task`` this frame is scored with (default
+        the runtime's ``task``); frames of different tasks never share a batch (a
+        :class:`~twinloop.vlm_reward.routing.TaskRoutedReward` picks its model by it). A frame that is not (H, W, 3) uint8 of at least 8x8 is counted as
         failed (``bad_frame``) and refused with a RewardError.
         """
         now = time.monotonic()
@@ -296,7 +300,12 @@ class RewardRuntime:
             msg = f"unknown camera {camera!r}. Available: {list(self._slots)}"
             raise RewardError(msg)
         item = _Frame(
-            camera, frame, int(stamp), dict(state or {}), now if received is None else received
+            camera,
+            frame,
+            int(stamp),
+            dict(state or {}),
+            now if received is None else received,
+            task,
         )
         with self._cond:
             counts = self._stats.cameras[camera]
@@ -445,13 +454,13 @@ class RewardRuntime:
                     self._cond.notify_all()
 
     def _batches(self, frames: list[_Frame]) -> list[list[_Frame]]:
-        """Frames that stack together (same size, same state layout), in chunks of max_batch."""
+        """Frames that stack together (same size, state layout and task), in chunks of max_batch."""
         groups: dict[tuple[Any, ...], list[_Frame]] = {}
         for f in frames:
             layout = tuple(
                 sorted((k, np.shape(v), np.asarray(v).dtype.str) for k, v in f.state.items())
             )
-            groups.setdefault((f.frame.shape, layout), []).append(f)
+            groups.setdefault((f.frame.shape, layout, f.task), []).append(f)
         n = self.config.max_batch
         return [g[i : i + n] for g in groups.values() for i in range(0, len(g), n)]
 
@@ -462,7 +471,7 @@ class RewardRuntime:
                 state={
                     k: np.stack([np.asarray(f.state[k]) for f in group]) for k in group[0].state
                 },
-                task=self.config.task,
+                task=self.config.task if group[0].task is None else group[0].task,
             )
             t0 = time.perf_counter()
             out = self._model(batch)

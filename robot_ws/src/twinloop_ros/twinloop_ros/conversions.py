@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ENCODINGS",
+    "REWARD_TASK_PREFIX",
     "action_from_msg",
     "action_to_msg",
     "camera_info_from_intrinsics",
@@ -50,6 +51,8 @@ __all__ = [
     "json_to_msg",
     "pose_from_msg",
     "pose_to_msg",
+    "reward_from_msg",
+    "reward_to_msg",
     "rgb_from_msg",
     "sim_state_from_msg",
     "sim_state_to_msg",
@@ -224,6 +227,43 @@ def joint_state_to_msg(
 
 
 # ----- poses ---------------------------------------------------------------------------------
+REWARD_TASK_PREFIX = "task:"  # /twinloop/reward: a third name "task:<name>" (value 1.0)
+
+
+def reward_to_msg(
+    reward: float, success: bool, *, stamp: Time | None = None, frame_id: str = "",
+    task: str = "",
+) -> JointState:  # fmt: skip
+    """/twinloop/reward: names [reward, success] (+ ``task:<name>`` when the model was chosen
+    per task, so a consumer can tell which task a flag is about), header = the frame's."""
+    names = ["reward", "success"] + ([REWARD_TASK_PREFIX + task] if task else [])
+    values = [float(reward), 1.0 if success else 0.0] + ([1.0] if task else [])
+    out = joint_state_to_msg(names, values, stamp=stamp)
+    out.header.frame_id = frame_id
+    return out
+
+
+def reward_from_msg(msg: JointState) -> tuple[float, bool, str]:
+    """(reward, success, task) of a /twinloop/reward message (task "" when it names none);
+    RosAdapterError for another layout or a reward that is not finite."""
+    names = list(msg.name)
+    extra = [n for n in names if n not in ("reward", "success")]
+    tasks = [n.removeprefix(REWARD_TASK_PREFIX) for n in extra if n.startswith(REWARD_TASK_PREFIX)]
+    if ("reward" not in names or "success" not in names or len(msg.position) != len(names)
+            or len(extra) != len(tasks) or len(tasks) > 1):  # fmt: skip
+        msg_ = (
+            f"names {names} with {len(msg.position)} values, expected "
+            f"['reward', 'success'] (+ one '{REWARD_TASK_PREFIX}<name>')"
+        )
+        raise RosAdapterError(msg_)
+    values = dict(zip(names, msg.position, strict=True))
+    reward = float(values["reward"])
+    if not math.isfinite(reward):
+        msg_ = f"reward {reward} is not finite"
+        raise RosAdapterError(msg_)
+    return reward, float(values["success"]) > 0.5, tasks[0] if tasks else ""
+
+
 def pose_to_msg(
     pos: Sequence[float] | np.ndarray,
     quat_wxyz: Sequence[float] | np.ndarray,

@@ -9,7 +9,12 @@ A thin adapter over :class:`twinloop.policy.runner.EpisodeRunner` (docs/finetune
   teleop and scripted-teleop nodes, with ``"source": "episode_runner"``); success comes from
   ``success_source``: ``sim`` = the twin's /twinloop/sim/state ``success`` field, ``reward`` =
   the success flag of /twinloop/reward (a reward model); an episode without success ends with
-  ``failure`` after ``max_steps / control_hz`` seconds;
+  ``failure`` after ``max_steps / control_hz`` seconds. With ``reward``, a flag counts only if its
+  frame is stamped after the episode's start, it was scored for the running task (the reward's
+  ``task:<name>``, reset-free) and ``success_frames`` flags came in a row; when the cell also
+  publishes /twinloop/sim/state (the twin), the twin's success is recorded next to the reward's
+  verdict: ``true_success`` in each episode record and an ``audit`` in the status (false
+  successes, missed successes): the online reward audit;
 - after the last episode it waits (at most ``drain_s``) until /twinloop/learner/status counts
   every episode and a weights announcement covers its env steps, then exits 0 (mark it
   ``required`` in the graph: the graph ends with it);
@@ -25,7 +30,8 @@ the cell to the other task instead of resetting, a failure retries the same task
 which names the task (policy and learner condition on it). Until the twin's
 /twinloop/sim/state acknowledges the switch (the new task with ``steps`` 0) its success signals
 are ignored, so a success of the previous task still in flight cannot end the new attempt.
-Reset-free needs ``success_source: sim`` (one success signal per task).
+Reset-free with ``success_source: reward`` needs one reward model per task (reward_node's
+``task_checkpoints``), which switches models on the ``start`` events (their ``stamp_ns``).
 """
 
 from __future__ import annotations
@@ -44,7 +50,13 @@ from std_srvs.srv import Trigger
 from twinloop.policy.errors import PolicyError
 from twinloop.policy.runner import SUCCESS_SOURCES, Command, EpisodeRunner, RunnerConfig
 
-from .conversions import json_from_msg, json_to_msg, sim_state_from_msg
+from .conversions import (
+    json_from_msg,
+    json_to_msg,
+    reward_from_msg,
+    sim_state_from_msg,
+    stamp_to_ns,
+)
 from .errors import RosAdapterError
 from .node_utils import COMMAND_QOS, exit_if_help, main_exit, params_from_dataclass
 from .policy_node import WEIGHTS_QOS
@@ -62,6 +74,7 @@ class EpisodeRunnerNodeConfig:
     max_steps: int = 60  # step budget of an episode: timeout = max_steps / control_hz
     control_hz: float = 10.0  # the cell's control rate
     success_source: str = "sim"  # sim: /twinloop/sim/state success; reward: /twinloop/reward flag
+    success_frames: int = 1  # reward: success flags in a row that end an episode
     reset_service: str = "/twin/reset"  # std_srvs/Trigger before each episode; "" = operator start
     task: str = ""  # task name put into the events ("" = the twin's, from its reset answer)
     settle_s: float = 0.0  # wait after a reset before "start"
@@ -90,12 +103,6 @@ class EpisodeRunnerNodeConfig:
         if self.success_source not in SUCCESS_SOURCES:
             msg = f"unknown success_source {self.success_source!r}. Available: {list(SUCCESS_SOURCES)}"
             raise RosAdapterError(msg)
-        if self.reset_free and self.success_source != "sim":
-            msg = (
-                "reset_free needs success_source: sim (the twin's success of the running task); "
-                f"{self.success_source!r} gives one success signal for both tasks"
-            )
-            raise RosAdapterError(msg)
         if self.reset_free and (len(self.tasks) != 2 or self.tasks[0] == self.tasks[1]):
             msg = f"reset_free needs tasks = [forward, backward], two names, got {list(self.tasks)}"
             raise RosAdapterError(msg)
@@ -119,6 +126,7 @@ class EpisodeRunnerNodeConfig:
             reset_free=self.reset_free,
             tasks=self.tasks if self.reset_free else (),
             reset_every=self.reset_every,
+            success_frames=self.success_frames,
         )
 
 
@@ -139,9 +147,9 @@ class EpisodeRunnerNode(Node):
         )
         self._switch_wait: tuple[str, int] | None = None  # (task, since ns) until acknowledged
         self._status_pub = self.create_publisher(String, cfg.status_topic, COMMAND_QOS)
-        if cfg.success_source == "sim":
-            self.create_subscription(String, cfg.sim_state_topic, self._on_state, COMMAND_QOS)
-        else:
+        # with success from a reward, the twin's states (where there is a twin) are the truth
+        self.create_subscription(String, cfg.sim_state_topic, self._on_state, COMMAND_QOS)
+        if cfg.success_source == "reward":
             self.create_subscription(JointState, cfg.reward_topic, self._on_reward, COMMAND_QOS)
         self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
         self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
@@ -211,8 +219,11 @@ class EpisodeRunnerNode(Node):
             f"episode {episode}: {kind} after {result.duration_s:.1f} s "
             f"({self.runner.successes}/{len(self.runner.results)} successes)"
         )
-        self._write({"kind": "episode", "episode": episode, "success": result.success,
-                     "duration_s": round(result.duration_s, 3), "task": result.task})  # fmt: skip
+        record = {"kind": "episode", "episode": episode, "success": result.success,
+                  "duration_s": round(result.duration_s, 3), "task": result.task}  # fmt: skip
+        if result.true_success is not None:
+            record["true_success"] = result.true_success
+        self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
         if not self.cfg.results_path:
@@ -273,6 +284,11 @@ class EpisodeRunnerNode(Node):
             return
         if not self._switch_acknowledged(task, steps):
             return
+        if self.cfg.success_source == "reward":  # the truth next to the reward's verdict
+            stamp = state.get("stamp_ns")
+            stamp = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else None
+            self.runner.on_truth(success, task=task, stamp_ns=stamp)
+            return
         self._run(self.runner.on_success(success, self._now(), episode=episode))
 
     def _switch_acknowledged(self, task: str, steps: int) -> bool:
@@ -294,11 +310,12 @@ class EpisodeRunnerNode(Node):
 
     def _on_reward(self, msg: JointState) -> None:
         try:
-            success = float(dict(zip(msg.name, msg.position, strict=True))["success"]) > 0.5
-        except (KeyError, TypeError, ValueError) as err:
+            _reward, success, task = reward_from_msg(msg)
+        except RosAdapterError as err:
             self.get_logger().error(f"dropping a reward: {err}", throttle_duration_sec=2.0)
             return
-        self._run(self.runner.on_success(success, self._now()))
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._run(self.runner.on_success(success, self._now(), stamp_ns=stamp or None, task=task))
 
     def _on_event(self, msg: String) -> None:
         try:

@@ -50,6 +50,7 @@ from .conversions import (
     action_from_msg,
     episode_event_from_msg,
     json_to_msg,
+    reward_from_msg,
     stamp_to_ns,
 )
 from .errors import RosAdapterError
@@ -241,9 +242,9 @@ class LearnerNode(Node):
 
     def _on_reward(self, msg: JointState) -> None:
         try:
-            value = float(dict(zip(msg.name, msg.position, strict=True))["reward"])
-            self.assembler.on_reward(value, stamp_to_ns(msg.header.stamp))
-        except (PolicyError, KeyError, ValueError) as err:
+            value, _success, task = reward_from_msg(msg)
+            self.assembler.on_reward(value, stamp_to_ns(msg.header.stamp), task=task)
+        except (PolicyError, RosAdapterError) as err:
             self._warn("reward", f"dropping a reward: {err}")
 
     def _on_event(self, msg: String) -> None:

@@ -65,6 +65,7 @@ from .conversions import (
     intrinsics_from_camera_info,
     json_to_msg,
     pose_from_msg,
+    reward_from_msg,
     rgb_from_msg,
     stamp_to_ns,
 )
@@ -495,13 +496,15 @@ class RecorderNode(LifecycleNode):
 
     def _on_reward(self, msg: JointState) -> None:
         values = dict(zip(msg.name, msg.position, strict=False))
-        if set(values) != {"reward", "success"} or len(msg.position) != 2:
-            self._bad("reward", "layout", f"names {list(msg.name)}, expected ['reward', 'success']")
-            return
-        if not math.isfinite(values["reward"]):
+        if "reward" in values and not math.isfinite(values["reward"]):
             self._bad("reward", "nan", f"reward {values['reward']}")
             return
-        self._push("reward", msg, (np.float32(values["reward"]), np.bool_(values["success"] > 0.5)))
+        try:
+            reward, success, _task = reward_from_msg(msg)
+        except RosAdapterError as err:
+            self._bad("reward", "layout", str(err))
+            return
+        self._push("reward", msg, (np.float32(reward), np.bool_(success)))
 
     def _on_event(self, msg: String) -> None:
         try:

@@ -19,6 +19,15 @@ A thin adapter over :class:`twinloop.vlm_reward.runtime.RewardRuntime` (docs/rew
   ``status_period_s`` (input/output rates, latency p50/p99, model forward time, skipped frames,
   failed frames by reason, hot swaps, model type).
 
+One model per task (reset-free RoboFuME: the forward and the backward task each have their own
+success classifier): ``task_checkpoints`` ``[open_drawer=A.safetensors, close_drawer=B...]``
+instead of ``checkpoint``. The node listens to ``episode_topic``; a ``start`` event naming a task
+switches to that task's model for every frame stamped at or after the event's ``stamp_ns`` (its
+arrival time when it has none). Before the first such event the first task's model scores. Each
+reward then carries a third name ``task:<name>`` (the task it was scored for), so the episode
+runner and the learner can ignore a flag scored for the other task (a frame in flight across a
+switch). These checkpoints are loaded once, not watched.
+
 Bad frames (unknown encodings, sizes that disagree with step and data, unstamped frames, sizes
 the model refuses) are logged (throttled), counted in the status and dropped; the node keeps
 running. Bad parameters (unknown reward type, config that is not JSON or not valid) end the start
@@ -31,8 +40,9 @@ import json
 import logging
 import math
 import sys
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -46,15 +56,17 @@ from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from twinloop.vlm_reward.base import RewardModel, config_from_dict, make_reward_model
 from twinloop.vlm_reward.errors import RewardError
+from twinloop.vlm_reward.routing import TaskRoutedReward, parse_task_checkpoints
 from twinloop.vlm_reward.runtime import RewardRuntime, file_signature, load_model_snapshot
 
 from twinloop.images import COLOR_ENCODINGS, DEPTH_ENCODINGS
 
 from .conversions import (
+    episode_event_from_msg,
     image_from_msg,
-    joint_state_to_msg,
     json_to_msg,
     pose_from_msg,
+    reward_to_msg,
     rgb_from_msg,
     stamp_from_ns,
     stamp_to_ns,
@@ -81,6 +93,8 @@ class RewardNodeConfig:
     config: str = "{}"  # JSON object of the reward config's fields (used without a checkpoint file)
     checkpoint: str = ""  # reward checkpoint (safetensors); loaded if it exists, watched for swaps
     watch_period_s: float = 1.0  # how often the checkpoint file is checked for a change
+    task_checkpoints: tuple[str, ...] = ()  # TASK=PATH per task (reset-free), instead of checkpoint
+    episode_topic: str = "/twinloop/episode"  # start events switch the task (task_checkpoints)
     task: str = ""  # task sentence handed to the model with every batch
     cameras: tuple[str, ...] = ("color",)  # camera names (frame_id of their rewards)
     image_topics: tuple[str, ...] = ("/camera/camera/color/image_raw",)  # one per camera
@@ -112,6 +126,17 @@ class RewardNodeConfig:
         if self.threads < 0:
             msg = f"threads must be >= 0, got {self.threads}"
             raise RosAdapterError(msg)
+        if self.task_checkpoints:
+            if self.checkpoint:
+                msg = "set checkpoint or task_checkpoints, not both"
+                raise RosAdapterError(msg)
+            try:
+                paths = parse_task_checkpoints(self.task_checkpoints)
+            except RewardError as err:
+                raise RosAdapterError(f"task_checkpoints: {err}") from None
+            if "" in paths:
+                msg = f"task_checkpoints needs TASK=PATH items, got {list(self.task_checkpoints)}"
+                raise RosAdapterError(msg)
         if not self.reward_topic or not self.status_topic:
             msg = "reward_topic and status_topic must name topics"
             raise RosAdapterError(msg)
@@ -131,6 +156,19 @@ class RewardNodeConfig:
 
 def build_model(cfg: RewardNodeConfig) -> tuple[RewardModel, str]:
     """The model the node starts with and where it came from (for the log)."""
+    if cfg.task_checkpoints:
+        paths = parse_task_checkpoints(cfg.task_checkpoints)
+        models: dict[str, RewardModel] = {}
+        for task, file in paths.items():
+            if not file.exists():
+                msg = f"task_checkpoints: the reward checkpoint of {task!r}, {file}, does not exist"
+                raise RosAdapterError(msg)
+            try:
+                models[task] = load_model_snapshot(file, expect_type=cfg.reward_type)
+            except RewardError as err:
+                raise RosAdapterError(f"task_checkpoints ({task}): {err}") from None
+        where = ", ".join(f"{t}: {f}" for t, f in paths.items())
+        return TaskRoutedReward(models), f"one checkpoint per task ({where})"
     path = Path(cfg.checkpoint) if cfg.checkpoint else None
     if path is not None and path.exists():
         model = load_model_snapshot(path, expect_type=cfg.reward_type)
@@ -180,6 +218,15 @@ class RewardNode(Node):
         self._depths: deque[tuple[int, np.ndarray]] = deque(maxlen=8)  # (stamp ns, depth)
         self._held: tuple[Image, float] | None = None  # first camera's frame waiting for depth
         self._depth_camera = cfg.cameras[0]
+        # one model per task: (from stamp ns, task) switches, and the task each frame went in with
+        routed = isinstance(model, TaskRoutedReward)
+        self._tasks: tuple[str, ...] = tuple(model.models) if routed else ()
+        self._switches: deque[tuple[int, str]] = deque([(0, self._tasks[0])] if routed else [],
+                                                       maxlen=16)  # fmt: skip
+        self._scored: OrderedDict[tuple[str, int], str] = OrderedDict()
+        self._scored_lock = threading.Lock()  # filled here, emptied on the runtime's worker
+        if routed:
+            self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
         for camera, topic in zip(cfg.cameras, cfg.image_topics, strict=True):
             self.create_subscription(Image, topic, partial(self._on_image, camera), FRAME_QOS)
         if cfg.depth_topic:
@@ -248,9 +295,16 @@ class RewardNode(Node):
             state["ee_pose"] = self._ee_pose
         if self._camera_k is not None and camera == self._depth_camera:
             state["camera_k"] = self._camera_k
+        stamp = stamp_to_ns(msg.header.stamp)
+        task = self._task_at(stamp)
+        if task:
+            with self._scored_lock:
+                self._scored[(camera, stamp)] = task
+                while len(self._scored) > 64:  # frames replaced before scoring never come back
+                    self._scored.popitem(last=False)
         try:
             self._runtime.submit(
-                camera, rgb, stamp_to_ns(msg.header.stamp), state=state, received=received
+                camera, rgb, stamp, state=state, received=received, task=task or None
             )
         except RewardError as err:  # counted by the runtime
             self._warn((camera, "bad_frame"), f"dropping a frame of camera {camera}: {err}")
@@ -284,6 +338,35 @@ class RewardNode(Node):
             self._held = None
             self._reject(self._depth_camera, "no_depth", "no depth frame with its stamp arrived")
 
+    def _task_at(self, stamp_ns: int) -> str:
+        """The task whose model scores a frame of this stamp ("" with one model)."""
+        task = ""
+        for since, name in self._switches:
+            if since <= stamp_ns:
+                task = name
+        return task
+
+    def _on_event(self, msg: String) -> None:
+        """A start event naming a task switches models from the event's stamp on."""
+        try:
+            event = episode_event_from_msg(msg)
+        except RosAdapterError as err:
+            self._warn(("event", "bad"), f"dropping an episode event: {err}")
+            return
+        task = event.get("task")
+        if event.get("event") != "start" or not isinstance(task, str) or not task:
+            return
+        if task not in self._tasks:
+            self._warn(("event", "task"), f"episode task {task!r} has no reward model "
+                       f"(have {list(self._tasks)}); keeping {self._switches[-1][1]}")  # fmt: skip
+            return
+        stamp = event.get("stamp_ns")
+        if not isinstance(stamp, int) or isinstance(stamp, bool) or stamp <= 0:
+            stamp = int(self.get_clock().now().nanoseconds)
+        if task != self._switches[-1][1]:
+            self.get_logger().info(f"scoring {task} from now on (episode {event.get('episode')})")
+        self._switches.append((max(stamp, self._switches[-1][0]), task))
+
     def _on_info(self, msg: CameraInfo) -> None:
         k = np.asarray(msg.k, dtype=np.float32)
         if k.shape != (9,) or not np.isfinite(k).all() or k[0] <= 0 or k[4] <= 0:
@@ -304,16 +387,17 @@ class RewardNode(Node):
         self, camera: str, stamp: int, reward: float, success: bool, latency_s: float
     ) -> None:
         """The runtime's result callback (worker thread): one JointState per scored frame."""
-        msg = joint_state_to_msg(
-            REWARD_NAMES, [reward, 1.0 if success else 0.0], stamp=stamp_from_ns(stamp)
+        with self._scored_lock:
+            task = self._scored.pop((camera, stamp), "")
+        self._pub.publish(
+            reward_to_msg(reward, success, stamp=stamp_from_ns(stamp), frame_id=camera, task=task)
         )
-        msg.header.frame_id = camera
-        self._pub.publish(msg)
 
     def status(self) -> dict[str, Any]:
         return {
             **self._runtime.stats(),
             "reward_type": self.cfg.reward_type,
+            **({"task": self._switches[-1][1], "tasks": list(self._tasks)} if self._tasks else {}),
             "reward_topic": self.cfg.reward_topic,
         }
 
