@@ -623,6 +623,12 @@ def _episode_model(models: Mapping[str, Any], store: Any, episode: int) -> Any:
     if "" in models:
         return models[""]
     meta = store.episode_meta(episode)
+    if not meta.get("twin_task") and len(store.attrs.get("tasks") or ()) > 1:
+        msg = (
+            f"episode {episode} of a store of tasks {list(store.attrs['tasks'])} has no "
+            "'twin_task' in its metadata: its reward model cannot be chosen"
+        )
+        raise PolicyError(msg)
     task = str(meta.get("twin_task") or store.attrs.get("twin_task", ""))
     if task not in models:
         msg = (

@@ -18,6 +18,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from twinloop.sim2real.physics import CameraIntrinsics
 from twinloop_ros.conversions import (
+    REWARD_TASK_PREFIX,
     action_from_msg,
     action_to_msg,
     camera_info_from_intrinsics,
@@ -31,6 +32,8 @@ from twinloop_ros.conversions import (
     json_to_msg,
     pose_from_msg,
     pose_to_msg,
+    reward_from_msg,
+    reward_to_msg,
     rgb_from_msg,
     sim_state_from_msg,
     sim_state_to_msg,
@@ -222,6 +225,37 @@ def test_joint_state() -> None:
         joint_state_to_msg(["a", "b"], [1.0, 2.0, 3.0])
     with pytest.raises(RosAdapterError, match="but 1 velocities"):
         joint_state_to_msg(["a", "b"], [1.0, 2.0], [0.0])
+
+
+# ----- rewards -----------------------------------------------------------------------------------
+def test_reward_round_trip_without_and_with_task() -> None:
+    msg = reward_to_msg(-0.25, False, stamp=stamp_from_ns(7_000_000_123), frame_id="wrist")
+    assert list(msg.name) == ["reward", "success"] and list(msg.position) == [-0.25, 0.0]
+    assert stamp_to_ns(msg.header.stamp) == 7_000_000_123 and msg.header.frame_id == "wrist"
+    assert reward_from_msg(msg) == (-0.25, False, "")
+    msg = reward_to_msg(0.0, True, stamp=stamp_from_ns(9), frame_id="color", task="close_drawer")
+    assert list(msg.name) == ["reward", "success", REWARD_TASK_PREFIX + "close_drawer"]
+    assert list(msg.position) == [0.0, 1.0, 1.0]
+    assert reward_from_msg(msg) == (0.0, True, "close_drawer")
+    # the names may come in another order (a foreign publisher); values follow their names
+    other = JointState(name=["task:open_drawer", "success", "reward"], position=[1.0, 0.0, 0.5])
+    assert reward_from_msg(other) == (0.5, False, "open_drawer")
+
+
+@pytest.mark.parametrize(
+    ("names", "position", "match"),
+    [
+        (["reward"], [0.5], r"names \['reward'\] with 1 values, expected"),
+        (["reward", "success", "task:a", "task:b"], [0.5, 0.0, 1.0, 1.0], "one 'task:<name>'"),
+        (["reward", "success", "progress"], [0.5, 0.0, 0.3], "names .*'progress'"),
+        (["reward", "success"], [0.5], "with 1 values"),
+        (["reward", "success"], [float("nan"), 0.0], "reward nan is not finite"),
+        (["reward", "success"], [float("inf"), 1.0], "reward inf is not finite"),
+    ],
+)
+def test_bad_reward_messages_raise(names: list[str], position: list[float], match: str) -> None:
+    with pytest.raises(RosAdapterError, match=match):
+        reward_from_msg(JointState(name=names, position=position))
 
 
 def test_pose_round_trip_converts_quaternion_order() -> None:

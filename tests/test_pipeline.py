@@ -62,8 +62,30 @@ def test_make_demo_quick_end_to_end(tmp_path: Path) -> None:
     assert audit["n_frames"] > 100 and audit["frame_flags"]["tp"] + audit["frame_flags"]["fn"] > 0
     pref = json.loads((run / "reward" / "audit_preference" / "summary.json").read_text())
     assert pref["spearman"] is not None and -1.0 <= pref["spearman"] <= 1.0
+    back = json.loads(
+        (run / "reward" / "audit_classifier_close_drawer" / "summary.json").read_text()
+    )
+    assert back["n_frames"] > 100 and back["frame_flags"]["tp"] + back["frame_flags"]["fn"] > 0
     fine = json.loads((run / "finetune" / "summary.json").read_text())
-    assert fine["reward"].startswith("model:") and fine["online_episodes"] >= 1
+    assert fine["online_episodes"] >= 1
+    # reset-free with the learned reward: one classifier per task
+    assert fine["reward"] == (f"model:open_drawer={run / 'reward' / 'classifier.safetensors'},"
+                              f"close_drawer={run / 'reward' / 'classifier_close_drawer.safetensors'}")  # fmt: skip
+    assert fine["reset_free"]["tasks"] == ["open_drawer", "close_drawer"]
+    assert sum(fine["reset_free"]["episodes"].values()) == fine["online_episodes"]
+    assert fine["config"]["reset_free"] is True
+    assert all("success_rate_backward" in v for v in fine["versions"])
+    # the twin's truth beside every verdict of the learned reward (the online reward audit)
+    audit = fine["reward_audit"]
+    # (an attempt that ends before the twin's next state has no truth: at 10 Hz, rare)
+    assert 1 <= audit["episodes"] <= fine["online_episodes"]
+    assert audit["flagged_successes"] <= fine["online_successes"]
+    assert (
+        audit["false_success"] + audit["missed"] + round(audit["agreement"] * audit["episodes"])
+        == audit["episodes"]
+    )
+    assert "Reset-free online phase" in page and "true successes (twin)" in page
+    assert f"agree on {100 * audit['agreement']:.1f}% of {audit['episodes']} episodes" in page
     assert [e["phase"] for e in fine["evals"]].count("online") >= 2
     rates = fine["node_rates"]
     assert 5.0 < rates["policy_rate_hz"] < 15.0, rates  # 10 Hz control
@@ -114,3 +136,34 @@ def test_report_and_pipeline_bad_input(tmp_path: Path) -> None:
     out = _cli(["pipeline", "--stages", "graph", "--out", str(tmp_path / "old")], tmp_path)
     assert out.returncode == 2 and "already holds a run" in out.stderr
     assert json.loads((tmp_path / "old" / "run.json").read_text())["stages"][0]["status"] == "ok"
+
+
+def test_reset_free_stages_train_a_classifier_per_task(tmp_path: Path) -> None:
+    from twinloop.pipeline import _commands
+
+    cfg = PipelineConfig(out=tmp_path, quick=True)
+    assert cfg.backward == "close_drawer" and cfg.to_dict()["reset_free"] is True
+    data = _commands("data", cfg)
+    assert [c[c.index("--task") + 1] for c in data] == ["open_drawer"] * 2 + ["close_drawer"] * 2
+    seeds = [int(c[c.index("--seed") + 1]) for c in data]
+    assert len(set(seeds)) == 4  # held-out and training data of both tasks never share seeds
+    trained = [
+        c[c.index("--out") + 1] for c in _commands("classifier", cfg) if c[1] == "train-classifier"
+    ]
+    assert [Path(p).name for p in trained] == [
+        "classifier.safetensors",
+        "classifier_close_drawer.safetensors",
+    ]
+    (finetune,) = _commands("finetune", cfg)
+    assert "--reset-free" in finetune
+    assert finetune[finetune.index("--reward") + 1] == (
+        f"model:open_drawer={trained[0]},close_drawer={trained[1]}"
+    )
+    # without reset-free (or for a task without a backward task): one classifier, one task
+    for single in (PipelineConfig(out=tmp_path, reset_free=False),
+                   PipelineConfig(out=tmp_path, task="push_cube")):  # fmt: skip
+        assert single.backward == ""
+        assert len(_commands("data", single)) == 2 and len(_commands("classifier", single)) == 2
+        (finetune,) = _commands("finetune", single)
+        assert "--reset-free" not in finetune
+        assert finetune[finetune.index("--reward") + 1].startswith("model:/")

@@ -390,3 +390,42 @@ def test_assembler_adds_the_episode_task_column_from_its_start_event() -> None:
     # the other columns are those of a task-less spec, in the spec's order
     np.testing.assert_allclose(forward.states[:, 0], 0.4 + 0.01 * np.arange(4), atol=1e-6)
     np.testing.assert_allclose(forward.states[:, 8:], [[0.5, 0.0, 0.02]] * 4, atol=1e-6)
+
+
+def test_assembler_ignores_rewards_scored_for_another_task() -> None:
+    asm = TransitionAssembler(OBS, 10.0, reward_source="topic", wait_s=0.1)
+    t0 = 500 * SEC
+
+    def episode(number: int, start: int, task: str | None) -> int:
+        event = {"event": "start", "episode": number} | ({"task": task} if task else {})
+        asm.on_tick(rows_at(0), start)
+        asm.on_event(event, start + MS)
+        for i in range(5):
+            if i:
+                asm.on_tick(rows_at(i), start + i * 100 * MS)
+            if i < 4:
+                asm.on_action(np.zeros(5), start + i * 100 * MS + 2 * MS)
+        asm.on_event({"event": "failure", "episode": number}, start + 390 * MS)
+        return start + 400 * MS
+
+    end = episode(0, t0, "close_drawer")
+    # late rewards of the next observations (ticks 1..4), some scored by the other task's model;
+    # an open_drawer reward is nearer to tick 1 than the close_drawer one and still not taken
+    asm.on_reward(9.0, t0 + 100 * MS + MS, task="open_drawer")
+    asm.on_reward(0.1, t0 + 100 * MS + 3 * MS, task="close_drawer")
+    asm.on_reward(9.0, t0 + 200 * MS, task="open_drawer")  # tick 2 has only this one
+    asm.on_reward(0.3, t0 + 300 * MS)  # no task named: any episode takes it
+    asm.on_reward(0.4, t0 + 400 * MS, task="close_drawer")
+    (ep,) = asm.poll(end + SEC)
+    assert ep.task == "close_drawer"
+    np.testing.assert_allclose(ep.rewards, [0.1, -1.0, 0.3, 0.4])
+    assert ep.matched_rewards == 3
+    assert asm.counts["reward_other_task"] == 2 and asm.counts["reward_fallback"] == 1
+    # an episode whose start event names no task takes a reward of any task
+    t1 = 600 * SEC
+    end = episode(1, t1, None)
+    for i in range(1, 5):
+        asm.on_reward(0.5 + i, t1 + i * 100 * MS, task="open_drawer")
+    (ep,) = asm.poll(end + SEC)
+    np.testing.assert_allclose(ep.rewards, [1.5, 2.5, 3.5, 4.5])
+    assert asm.counts["reward_other_task"] == 2

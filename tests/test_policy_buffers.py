@@ -325,6 +325,101 @@ def test_model_reward_relabels_frames(tmp_path: Path) -> None:
     assert len(dense) == 8 + 6 and not _contents(dense)["dones"].any()
 
 
+def _constant_classifier(path: Path, *, success: bool) -> Path:
+    """A tiny CNN classifier that says the same of every frame: reward 1 + success (threshold 0,
+    0/1 rewards) or reward -1, never success (threshold 1: a random CNN never reaches it)."""
+    from twinloop.vlm_reward.base import save_reward_model
+    from twinloop.vlm_reward.success_classifier import ClassifierConfig, SuccessClassifier
+
+    torch.manual_seed(0)
+    config = ClassifierConfig(
+        size=16,
+        channels=(4, 8),
+        feature_dim=8,
+        head_hidden=8,
+        device="cpu",
+        threshold=0.0 if success else 1.0,
+        reward_mode="zero_one" if success else "neg_one_zero",
+    )
+    return save_reward_model(SuccessClassifier(config), path)
+
+
+def _task_part(path: Path, task: str, plan: Sequence[tuple[int, int]]) -> Path:
+    """A per-task store (attr twin_task) with one episode per (episode seed, rows)."""
+    extra = {"twin_task": task}
+    with EpisodeStore.create(path, fps=10.0, task="drawer", extra_attrs=extra) as st:
+        for ep, n in plan:
+            st.add_episode(_rows(ep, n, None), meta={"success": False})
+    return path
+
+
+def test_model_reward_per_task_picks_each_episodes_own_model(tmp_path: Path) -> None:
+    from twinloop.policy.finetune import merge_task_stores
+
+    parts = [
+        _task_part(tmp_path / "open.zarr", "open_drawer", [(0, 5), (1, 4)]),
+        _task_part(tmp_path / "close.zarr", "close_drawer", [(2, 6)]),
+    ]
+    merged = merge_task_stores(parts, tmp_path / "merged.zarr")
+    with EpisodeStore.open(merged) as store:
+        assert [store.episode_meta(i)["twin_task"] for i in range(3)] == [
+            "open_drawer",
+            "open_drawer",
+            "close_drawer",
+        ]
+    opened = _constant_classifier(tmp_path / "open.st", success=True)
+    closed = _constant_classifier(tmp_path / "close.st", success=False)
+    spec = f"model:close_drawer={closed},open_drawer={opened}"
+    dense = load_offline(merged, STATE, RewardSpec(spec, terminal_on_success=False), reward_batch=2)
+    c = _contents(dense)
+    assert dense.episode_lengths == [4, 3, 5]
+    np.testing.assert_array_equal(c["rewards"], [1.0] * 7 + [-1.0] * 5)
+    assert not c["dones"].any()
+    # the success flag of the open_drawer model ends its episodes at the first scored row
+    cut = load_offline(merged, STATE, RewardSpec(spec), episodes=[2, 0, 1])
+    assert cut.episode_lengths == [5, 1, 1]
+    c = _contents(cut)
+    np.testing.assert_array_equal(c["rewards"], [-1.0] * 5 + [1.0, 1.0])
+    np.testing.assert_array_equal(c["dones"], [0.0] * 5 + [1.0, 1.0])
+    np.testing.assert_array_equal(c["states"][[0, 6, 8], 0], [200, 0, 100])  # episodes 2, 0, 1
+
+
+def test_model_reward_per_task_follows_the_episode_meta_not_the_order(tmp_path: Path) -> None:
+    opened = _constant_classifier(tmp_path / "open.st", success=True)
+    closed = _constant_classifier(tmp_path / "close.st", success=False)
+    path = tmp_path / "mixed.zarr"
+    tasks = ["close_drawer", "open_drawer", "close_drawer"]
+    with EpisodeStore.create(path, fps=10.0, extra_attrs={"twin_task": "open_drawer"}) as st:
+        for ep, task in enumerate(tasks):
+            st.add_episode(_rows(ep, 4, None), meta={"twin_task": task})
+    spec = RewardSpec(
+        f"model:open_drawer={opened},close_drawer={closed}", terminal_on_success=False
+    )
+    c = _contents(load_offline(path, STATE, spec))
+    np.testing.assert_array_equal(c["rewards"], [-1.0] * 3 + [1.0] * 3 + [-1.0] * 3)
+
+
+def test_model_reward_per_task_errors_name_the_task(tmp_path: Path) -> None:
+    opened = _constant_classifier(tmp_path / "open.st", success=True)
+    path = tmp_path / "three.zarr"
+    with EpisodeStore.create(path, fps=10.0) as st:
+        for ep, task in enumerate(["open_drawer", "lift_rod"]):
+            st.add_episode(_rows(ep, 4, None), meta={"twin_task": task})
+    only_open = RewardSpec(f"model:open_drawer={opened}")
+    with pytest.raises(
+        PolicyError,
+        match=r"episode 1 is of task 'lift_rod', which has no reward model "
+        r"\(models for \['open_drawer'\]\)",
+    ):
+        load_offline(path, STATE, only_open)
+    assert len(load_offline(path, STATE, only_open, episodes=[0])) == 1  # cut at row 1
+    missing = tmp_path / "nope.st"
+    with pytest.raises(PolicyError, match=r"reward model of task 'close_drawer': .*nope\.st"):
+        load_offline(path, STATE, RewardSpec(f"model:open_drawer={opened},close_drawer={missing}"))
+    with pytest.raises(PolicyError, match=r"item 'open_drawer=' is not TASK=PATH"):
+        load_offline(path, STATE, RewardSpec("model:open_drawer="))
+
+
 def test_proprio_is_derived_when_the_store_lacks_it(tmp_path: Path) -> None:
     path = make_store(tmp_path / "s.zarr", [(5, None)], drop=["proprio"])
     buffer = load_offline(path, STATE, RewardSpec("success"))

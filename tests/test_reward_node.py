@@ -34,7 +34,14 @@ from twinloop.vlm_reward.base import (
     save_reward_model,
 )
 from twinloop.vlm_reward.clip_reward import ClipReward, ClipRewardConfig
-from twinloop_ros.conversions import image_to_msg, stamp_from_ns, stamp_to_ns
+from twinloop.vlm_reward.success_classifier import ClassifierConfig, SuccessClassifier
+from twinloop_ros.conversions import (
+    episode_event_to_msg,
+    image_to_msg,
+    reward_from_msg,
+    stamp_from_ns,
+    stamp_to_ns,
+)
 from twinloop_ros.node_utils import COMMAND_QOS, SENSOR_QOS
 from twinloop_ros.probe import GraphProbe, ros_env
 
@@ -43,6 +50,7 @@ from twinloop.graph import Graph, GraphProcesses, NodeSpec
 pytestmark = pytest.mark.ros
 
 DOMAIN_ID = 1 + (os.getpid() + 53) % 100  # below 102: DDS ports out of the ephemeral range
+TASK_DOMAIN_ID = 1 + (os.getpid() + 54) % 100  # the node with one model per task
 TOPICS = {"color": "/camera/camera/color/image_raw", "wrist": "/camera/wrist/color/image_raw"}
 DEPTH_TOPIC = "/camera/camera/aligned_depth_to_color/image_raw"  # pairs with the first camera
 GOAL = ("a red cube on the green mark",)
@@ -305,14 +313,41 @@ def test_stop_is_clean(cell: Cell) -> None:
             ["reward_type:=preference", "checkpoint:=/nonexistent/pref.safetensors"],
             "(/nonexistent/pref.safetensors does not exist)",
         ),
+        (
+            [
+                "checkpoint:=/x/r.safetensors",
+                "task_checkpoints:=[open_drawer=/x/o, close_drawer=/x/c]",
+            ],
+            "set checkpoint or task_checkpoints, not both",
+        ),
+        (
+            ["task_checkpoints:=[open_drawer=/x/o.safetensors, /x/c.safetensors]"],
+            "task_checkpoints: reward checkpoint item '/x/c.safetensors' is not TASK=PATH",
+        ),
+        (
+            ["task_checkpoints:=[/x/o.safetensors]"],
+            "task_checkpoints needs TASK=PATH items, got ['/x/o.safetensors']",
+        ),
+        (
+            ["task_checkpoints:=[open_drawer=/x/o, open_drawer=/x/c]"],
+            "task 'open_drawer' has two reward checkpoints",
+        ),
+        (["task_checkpoints:=[1, 2]"], "parameter 'task_checkpoints' must be a list of strings"),
     ],
 )
 def test_bad_parameters_fail_at_start(params: list[str], message: str) -> None:
+    out = start_node(params)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert message in out.stderr
+
+
+def start_node(params: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run reward_node with ``-p`` params (it should refuse to start); its completed process."""
     exe = Path(sysconfig.get_path("scripts")) / "reward_node"
     args = [str(exe), "--ros-args"]
     for p in params:
         args += ["-p", p]
-    out = subprocess.run(
+    return subprocess.run(
         args,
         capture_output=True,
         text=True,
@@ -320,8 +355,6 @@ def test_bad_parameters_fail_at_start(params: list[str], message: str) -> None:
         env={**os.environ, **ros_env(DOMAIN_ID), **NODE_ENV},
         check=False,
     )
-    assert out.returncode == 2, out.stdout + out.stderr
-    assert message in out.stderr
 
 
 def test_help_lists_the_parameters() -> None:
@@ -332,3 +365,119 @@ def test_help_lists_the_parameters() -> None:
     assert "reward_node: a reward model scores the newest camera frames" in out.stdout
     for name in ("reward_type", "config", "checkpoint", "image_topics", "max_batch"):
         assert f"  {name} (" in out.stdout
+
+
+# ----- one model per task (reset-free) -------------------------------------------------------
+def constant_classifier(path: Path, *, success: bool) -> Path:
+    """A tiny CNN classifier that says the same of every frame: reward 1 + success (threshold 0,
+    0/1 rewards) or reward -1, never success (threshold 1: a random CNN never reaches it)."""
+    torch.manual_seed(0)
+    config = ClassifierConfig(
+        size=16,
+        channels=(4, 8),
+        feature_dim=8,
+        head_hidden=8,
+        device="cpu",
+        threshold=0.0 if success else 1.0,
+        reward_mode="zero_one" if success else "neg_one_zero",
+    )
+    return save_reward_model(SuccessClassifier(config), path)
+
+
+def test_task_checkpoints_switch_models_at_the_start_events_stamp(tmp_path: Path) -> None:
+    opened = constant_classifier(tmp_path / "open.safetensors", success=True)
+    closed = constant_classifier(tmp_path / "close.safetensors", success=False)
+    params: dict[str, Any] = {
+        "reward_type": "success_classifier",
+        "task_checkpoints": [f"open_drawer={opened}", f"close_drawer={closed}"],
+        "status_period_s": 0.2,
+        "cameras": ["color"],
+        "image_topics": [TOPICS["color"]],
+        "threads": 1,
+    }
+    graph = Graph("test", (NodeSpec("reward", "twinloop_ros", "reward_node", params),))
+    lines: list[str] = []
+    env = {**ros_env(TASK_DOMAIN_ID), **NODE_ENV}
+    img = frames(1, seed=7)[0]
+    with (
+        GraphProcesses(graph, env=env, output=lambda _n, line: lines.append(line)) as procs,
+        pytest.MonkeyPatch.context() as mp,
+    ):
+        for key, value in ros_env(TASK_DOMAIN_ID).items():
+            mp.setenv(key, value)
+        with GraphProbe.open("reward_task_test", domain_id=TASK_DOMAIN_ID) as probe:
+            rewards: list[JointState] = probe.collect(JointState, "/twinloop/reward")
+            status: list[dict] = []
+            probe.node.create_subscription(
+                String, "/twinloop/reward/status", lambda m: status.append(json.loads(m.data)),
+                COMMAND_QOS,
+            )  # fmt: skip
+            image_pub = probe.publisher(Image, TOPICS["color"], SENSOR_QOS)
+            event_pub = probe.publisher(String, "/twinloop/episode", COMMAND_QOS)
+            probe.spin_until(lambda: status, 60.0, "the reward node's first status")
+            probe.spin_until(
+                lambda: image_pub.get_subscription_count() and event_pub.get_subscription_count(),
+                10.0,
+                "the image and episode subscriptions",
+            )
+
+            def now() -> int:
+                return int(probe.node.get_clock().now().nanoseconds)
+
+            def send(stamp: int) -> int:
+                image_pub.publish(image_to_msg(img, stamp=stamp_from_ns(stamp)))
+                probe.spin_for(0.15)
+                return stamp
+
+            def scored(stamps: list[int]) -> list[tuple[float, bool, str]]:
+                def by_stamp() -> dict[int, JointState]:
+                    return {stamp_to_ns(m.header.stamp): m for m in rewards}
+
+                probe.spin_until(lambda: set(stamps) <= set(by_stamp()), 20.0, f"{stamps}")
+                found = by_stamp()
+                return [reward_from_msg(found[s]) for s in stamps]
+
+            def switch(task: str, **stamp: int) -> None:
+                event_pub.publish(episode_event_to_msg("start", 1, task=task, **stamp))
+                probe.spin_until(lambda: status[-1].get("task") == task, 10.0, f"task {task}")
+
+            # before any start event: the first task's model
+            assert status[-1]["tasks"] == ["open_drawer", "close_drawer"]
+            assert status[-1]["task"] == "open_drawer"
+            first = [send(now()) for _ in range(2)]
+            assert scored(first) == [(1.0, True, "open_drawer")] * 2
+            some = next(m for m in rewards if stamp_to_ns(m.header.stamp) == first[0])
+            assert list(some.name) == ["reward", "success", "task:open_drawer"]
+            # the backward task from the event's stamp on; a frame stamped earlier (in flight
+            # across the switch) is still scored by the forward model and says so
+            at = now()
+            switch("close_drawer", stamp_ns=at)
+            late = send(at - 50_000_000)
+            after = [send(now()) for _ in range(2)]
+            assert scored([late]) == [(1.0, True, "open_drawer")]
+            assert scored(after) == [(-1.0, False, "close_drawer")] * 2
+            # a task without a model is logged and changes nothing
+            event_pub.publish(episode_event_to_msg("start", 2, task="lift_rod", stamp_ns=now()))
+            probe.spin_for(0.3)
+            assert scored([send(now())]) == [(-1.0, False, "close_drawer")]
+            # an event without a stamp switches from its arrival on
+            switch("open_drawer")
+            assert scored([send(now())]) == [(1.0, True, "open_drawer")]
+            probe.spin_until(lambda: status[-1]["results"] >= 7, 10.0, "the counts")
+            assert status[-1]["failed"] == 0 and status[-1]["model_type"] == "task_routed"
+            assert procs.stop() == {"reward": 0}, "\n".join(lines[-30:])
+    assert any("episode task 'lift_rod' has no reward model" in line for line in lines)
+
+
+def test_task_checkpoints_that_do_not_load_name_their_task(tmp_path: Path) -> None:
+    opened = constant_classifier(tmp_path / "open.safetensors", success=True)
+    missing = tmp_path / "close.safetensors"
+    items = f"[open_drawer={opened}, close_drawer={missing}]"
+    out = start_node(["reward_type:=success_classifier", f"task_checkpoints:={items}"])
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"the reward checkpoint of 'close_drawer', {missing}, does not exist" in out.stderr
+    items = f"[open_drawer={opened}, close_drawer={opened}]"
+    out = start_node([f"task_checkpoints:={items}"])  # reward_type clip: the wrong type
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "task_checkpoints (open_drawer): " in out.stderr
+    assert "holds a 'success_classifier' reward model, expected 'clip'" in out.stderr

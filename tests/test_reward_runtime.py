@@ -314,3 +314,65 @@ def test_a_checkpoint_rewritten_in_place_leaves_the_loaded_model_alone(
         load_model_snapshot(path)
     with pytest.raises(RewardError, match="cannot read reward checkpoint"):
         load_model_snapshot(tmp_path / "missing.safetensors")
+
+
+class TaskRecordingReward(PixelMeanReward):
+    """PixelMeanReward that records the task and the stamps (pixel values) of every batch."""
+
+    def __init__(self, config: PixelMeanConfig) -> None:
+        super().__init__(config)
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def __call__(self, batch: RewardBatch) -> RewardOutput:
+        out = super().__call__(batch)
+        self.calls.append((batch.task, [int(v) for v in batch.frames[:, 0, 0, 0]]))
+        return out
+
+
+def test_frames_of_two_tasks_are_scored_by_their_own_model_never_in_one_batch() -> None:
+    from twinloop.vlm_reward.routing import TaskRoutedReward
+
+    forward = TaskRecordingReward(PixelMeanConfig(scale=1.0))
+    backward = TaskRecordingReward(PixelMeanConfig(scale=2.0))
+    routed = TaskRoutedReward({"open_drawer": forward, "close_drawer": backward})
+    gate = threading.Event()
+    forward.gate = backward.gate = gate
+    results = Results()
+    cams = ("a", "b", "c", "d", "e")
+    tasks = {"a": "open_drawer", "b": "close_drawer", "c": "open_drawer", "d": None,
+             "e": "close_drawer"}  # fmt: skip
+    with RewardRuntime(
+        routed, cameras=cams, max_batch=8, task="close_drawer", on_result=results
+    ) as rt:
+        rt.submit("a", frame(10), stamp=10, task="open_drawer")  # held at the gate
+        time.sleep(0.2)
+        for k, cam in enumerate(cams):  # one round: all five wait together, same size
+            rt.submit(cam, frame(20 + k), stamp=20 + k, task=tasks[cam])
+        gate.set()
+        assert rt.wait_idle(5.0)
+        stats = rt.stats()
+    assert stats["results"] == 6 and stats["failed"] == 0
+    # each model saw only batches of its own task; the frames of a task shared one batch
+    assert forward.calls == [("open_drawer", [10]), ("open_drawer", [20, 22])]
+    assert {task for task, _ in backward.calls} == {"close_drawer"}
+    assert sorted(v for _, values in backward.calls for v in values) == [21, 23, 24]
+    assert ("close_drawer", [21, 24]) in backward.calls
+    # camera d had no task: the runtime's task ("close_drawer") picked the backward model
+    got = {stamp: reward for _, stamp, reward, _, _ in results.items}
+    want = {10: 10 / 255, 20: 20 / 255, 22: 22 / 255, 21: 42 / 255, 23: 46 / 255, 24: 48 / 255}
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_a_task_without_a_model_is_counted_and_the_others_still_scored() -> None:
+    from twinloop.vlm_reward.routing import TaskRoutedReward
+
+    routed = TaskRoutedReward({"open_drawer": PixelMeanReward(PixelMeanConfig())})
+    results = Results()
+    with RewardRuntime(routed, cameras=("a", "b"), on_result=results) as rt:
+        rt.submit("a", frame(30), stamp=1, task="lift_rod")
+        rt.submit("b", frame(40), stamp=2, task="open_drawer")
+        assert rt.wait_idle(5.0)
+        stats = rt.stats()
+    assert [s for _, s, *_ in results.items] == [2]
+    assert stats["failed_by"] == {"rejected": 1}
+    assert any("no reward model for task 'lift_rod'" in e["error"] for e in stats["last_errors"])

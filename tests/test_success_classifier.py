@@ -399,3 +399,55 @@ def test_acceptance_push_cube_classifier(tmp_path: Path) -> None:
     probs = np.asarray(next(e for e in report["holdout_probs"] if e["episode"] == hold[0])["prob"])
     out = model(RewardBatch(ep))
     np.testing.assert_allclose(out.info["prob"], probs, rtol=1e-4, atol=1e-12)
+
+
+# ----- hard negatives (reset-free: the partner task's goal frames) ------------------------------
+def _cue_frame(rng: np.random.Generator, pose: bool, goal: bool) -> np.ndarray:
+    """``pose``: a red square (the arm at the handle); ``goal``: a yellow bar (the drawer open)."""
+    img = rng.integers(60, 140, size=(H, W, 3), dtype=np.uint8)
+    if pose:
+        img[8:16, 4:12] = (230, 20, 20)
+    if goal:
+        img[0:8, 14:32] = (240, 230, 30)
+    return img
+
+
+def _cue_store(path: Path, episodes: int, *, goal: bool, seed: int) -> Path:
+    """Successful episodes ending with the arm at the handle (pose), the goal shown or not, and
+    failed episodes of background only."""
+    rng = np.random.default_rng(seed)
+    with EpisodeStore.create(path, fps=10.0) as store:
+        for i in range(episodes):
+            win = i % 2 == 0
+            n = 12
+            truth = (np.arange(n) >= n - 5) & win
+            frames = [_cue_frame(rng, bool(t), bool(t) and goal) for t in truth]
+            store.add_episode({"image_color": np.stack(frames), "success": truth,
+                               "action": np.zeros((n, 5), np.float32)}, meta={"success": win})  # fmt: skip
+    return path
+
+
+def test_partner_goal_frames_are_hard_negatives(tmp_path: Path) -> None:
+    # this task's successes show the pose AND the goal; the partner task ends in the pose alone
+    own = _cue_store(tmp_path / "open.zarr", 12, goal=True, seed=1)
+    partner = _cue_store(tmp_path / "close.zarr", 8, goal=False, seed=2)
+    with EpisodeStore.open(own) as store:
+        train, hold = split_episodes(store, 0.25, seed=0)
+    model, report = train_classifier(own, _tiny_config(steps=300), train_episodes=train,
+                                     holdout_episodes=hold, negatives=[partner])  # fmt: skip
+    assert report["train"]["hard_negatives"] == 4 * 4  # k_last 4 of each of 4 successes
+    assert report["train"]["negative_stores"] == [str(partner)]
+    rng = np.random.default_rng(9)
+    pose_only = np.stack([_cue_frame(rng, True, False) for _ in range(16)])
+    both = np.stack([_cue_frame(rng, True, True) for _ in range(16)])
+    assert not model(RewardBatch(frames=pose_only)).success.any()  # the partner's goal: no
+    assert model(RewardBatch(frames=both)).success.all()
+    # without them the same training keys on the pose and flags the partner's goal
+    plain, _ = train_classifier(own, _tiny_config(steps=300), train_episodes=train,
+                                holdout_episodes=hold)  # fmt: skip
+    assert plain(RewardBatch(frames=pose_only)).success.mean() > 0.5
+    # a negatives store without a success to take goal frames from is refused by name
+    empty = make_store(tmp_path / "fails.zarr", [(6, 0, False)] * 2)
+    with pytest.raises(RewardError, match=r"fails\.zarr has no successful episode"):
+        train_classifier(own, _tiny_config(steps=5), train_episodes=train, holdout_episodes=hold,
+                         negatives=[empty])  # fmt: skip

@@ -175,10 +175,13 @@ def _commands(name: str, cfg: PipelineConfig) -> list[list[str]]:
     if name == "classifier":
         out = []
         for sfx in ("", "_b") if back else ("",):
+            # reset-free: the partner task's goal frames are hard negatives (its goal is this
+            # task's start: the arm at the handle, the drawer in the other state)
+            partner = ["--negatives", str(p["train_b" if sfx == "" else "train"])] if back else []
             out += [
                 ["reward", "train-classifier", "--dataset", str(p["train" + sfx]), "--out",
                  str(p["classifier" + sfx]), "--overwrite", "--steps", str(b.classifier_steps),
-                 "--seed", str(cfg.seed)],
+                 "--seed", str(cfg.seed), *partner],
                 ["reward", "audit", "--dataset", str(p["heldout" + sfx]), "--checkpoint",
                  str(p["classifier" + sfx]), "--out", str(p["audit_classifier" + sfx]),
                  "--max-plots", "4"],

@@ -84,6 +84,7 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
             train_episodes=train_eps,
             holdout_episodes=hold_eps,
             progress=not args.quiet,
+            negatives=args.negatives,
         )
         save_reward_model(model, out)
         json_path, png_path = report_paths(out)
@@ -100,6 +101,9 @@ def cmd_train_classifier(args: argparse.Namespace) -> int:
         f"FN {_fmt_rate(frame.get('fn_rate'))}   episodes: FP {_fmt_rate(episode.get('fp_rate'))} "
         f"FN {_fmt_rate(episode.get('fn_rate'))}"
     )
+    if args.negatives:
+        _out(f"negatives    {report['train']['hard_negatives']} goal frames of "
+             f"{', '.join(args.negatives)}")  # fmt: skip
     _out(f"checkpoint   {out}")
     _out(f"report       {json_path} , {png_path}")
     return 0
@@ -186,6 +190,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--size", type=int, default=d.size, help="cnn input size in pixels")
     p.add_argument("--k-last", type=int, default=d.k_last, help="positive frames per success")
     p.add_argument("--early-fraction", type=float, default=d.early_fraction)
+    p.add_argument("--negatives", action="append", default=[], metavar="STORE",
+                   help="another episode store whose successful episodes' last --k-last frames "
+                   "are negatives (repeatable). Reset-free: the partner task's data, whose goal "
+                   "is this task's start")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no shift/jitter augmentation")
     p.add_argument("--steps", type=int, default=d.steps, help="gradient steps")
     p.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -13,6 +13,7 @@ their own success classifiers.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any, ClassVar
 from .base import RewardBatch, RewardModel, RewardOutput, load_reward_model
 from .errors import RewardError
 
-__all__ = ["TaskRoutedReward", "load_task_models", "parse_task_checkpoints"]
+__all__ = ["TASK_NAME", "TaskRoutedReward", "load_task_models", "parse_task_checkpoints"]
+
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what a task name looks like (open_drawer)
 
 
 def parse_task_checkpoints(text: str | Iterable[str]) -> dict[str, Path]:
@@ -36,13 +39,14 @@ def parse_task_checkpoints(text: str | Iterable[str]) -> dict[str, Path]:
     if not items:
         msg = "no reward checkpoint given: expected PATH or TASK=PATH[,TASK=PATH]"
         raise RewardError(msg)
-    if len(items) == 1 and "=" not in items[0]:
-        return {"": Path(items[0])}
+    head, sep, _ = items[0].partition("=")
+    if len(items) == 1 and (not sep or "/" in head or os.sep in head):
+        return {"": Path(items[0])}  # a plain path (one with "=" in a folder name too)
     out: dict[str, Path] = {}
     for item in items:
         task, sep, path = item.partition("=")
         task, path = task.strip(), path.strip()
-        if not sep or not task or not path:
+        if not sep or not TASK_NAME.fullmatch(task) or not path:
             msg = f"reward checkpoint item {item!r} is not TASK=PATH (in {list(items)})"
             raise RewardError(msg)
         if task in out:

@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -623,8 +624,15 @@ def train_classifier(
     holdout_episodes: Sequence[int],
     progress: bool = False,
     encoder: OpenClipEncoder | None = None,
+    negatives: Sequence[str | os.PathLike[str]] = (),
 ) -> tuple[SuccessClassifier, dict[str, Any]]:
     """Train a success classifier on ``train_episodes``; calibrate and judge it on the holdout.
+
+    ``negatives``: other episode stores whose successful episodes' last ``k_last`` frames are
+    added as negatives (hard negatives). For a reset-free pair these are the partner task's goal
+    states: the arm at the handle with the drawer shut is what ``close_drawer`` ends in and what
+    ``open_drawer`` starts from, so an ``open_drawer`` classifier that keyed on the arm's pose
+    instead of the drawer would flag it. Only episode outcomes are used, as on a real robot.
 
     Calibration (:func:`calibrate_threshold`): the threshold is the lowest one, not below
     ``config.min_threshold``, that calls at most ``config.target_fpr`` of the negative-LABELLED
@@ -676,6 +684,12 @@ def train_classifier(
             len(train_eps),
             len(hold_rows),
         )
+        hard = 0
+        for extra in negatives:
+            extra_images = _goal_frames(extra, config.k_last, model, progress)
+            hard += len(extra_images)
+            images = torch.cat([images, extra_images])
+            labels = np.concatenate([labels, np.zeros(len(extra_images), dtype=bool)])
         losses = _fit(model, images, labels, progress)
         train_s = time.perf_counter() - started
         hold_probs = (
@@ -692,7 +706,9 @@ def train_classifier(
         "train": {
             "frames": len(rows),
             "positives": n_pos,
-            "negatives": len(rows) - n_pos,
+            "negatives": len(rows) - n_pos + hard,
+            "hard_negatives": hard,
+            "negative_stores": [str(x) for x in negatives],
             "steps": len(losses),
             "final_loss": float(np.mean(losses[-max(1, len(losses) // 20) :])),
             "loss_curve": _loss_curve(losses),
@@ -701,6 +717,24 @@ def train_classifier(
         **report,
     }
     return model, report
+
+
+def _goal_frames(
+    path: str | os.PathLike[str], k_last: int, model: SuccessClassifier, progress: bool
+) -> torch.Tensor:
+    """The last ``k_last`` frames of every successful episode of the store at ``path``."""
+    with open_image_store(path) as store:
+        rows, labels = classifier_labels(store, range(store.n_episodes), k_last, 0.0)
+        rows = rows[labels]
+        if not len(rows):
+            msg = f"negatives store {path} has no successful episode to take goal frames from"
+            raise RewardError(msg)
+        bar = _progress(len(rows), f"reading hard negatives ({Path(path).name})", progress)
+        try:
+            return _cache_frames(store, rows, model.input_size, model.device, bar)
+        finally:
+            if bar is not None:
+                bar.close()
 
 
 def _check_finetune_dtype(encoder: OpenClipEncoder | None, config: ClassifierConfig) -> None:

@@ -75,12 +75,17 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     elif isinstance(default, (tuple, list)):
         if isinstance(value, (tuple, list)) or hasattr(value, "tolist"):
             items = list(value)
-            if default and isinstance(default[0], float):
+            if not default:  # an empty default names no item type: a list of strings
+                if all(isinstance(v, str) for v in items):
+                    return tuple(items)
+            elif isinstance(default[0], float):
                 if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
                     return tuple(float(v) for v in items)
             elif all(type(v) is type(default[0]) for v in items):
                 return tuple(items)
-    msg = f"parameter {name!r} must be like {default!r}, got {value!r}"
+    empty = isinstance(default, (tuple, list)) and not default
+    like = "a list of strings" if empty else f"like {default!r}"
+    msg = f"parameter {name!r} must be {like}, got {value!r}"
     raise RosAdapterError(msg)
 
 
