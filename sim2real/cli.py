@@ -65,7 +65,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--kinds",
         default="expert,stall,noisy",
-        help="comma-separated episode kinds, cycled: expert, stall, noisy (default: all three)",
+        help="comma-separated episode kinds, cycled: expert, stall, noisy, wrong (the partner "
+        "task's or a mirrored goal), partial (a near miss that stops part of the way) "
+        "(default: expert,stall,noisy)",
     )
     p.add_argument("--noise", type=float, default=0.0, help="expert action noise")
     p.add_argument("--failure-noise", type=float, default=1.0, help="noise of 'noisy' episodes")

@@ -36,7 +36,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EPISODE_KINDS = ("expert", "stall", "noisy", "wrong")
+EPISODE_KINDS = ("expert", "stall", "noisy", "wrong", "partial")
+# "partial": the expert stops once the task's progress (Task.reward, 0..1) passes a random
+# fraction of the way to success (PARTIAL_RANGE), then makes small random motions: a near miss
+# whose last frames lie between start and goal (a drawer half shut). A classifier trained without
+# such failures can put its boundary anywhere between the two (RoboFuME collects failed attempts).
+# A push that carries the drawer on past the goal makes the episode a success (labelled so).
+PARTIAL_RANGE = (0.35, 0.8)
 # "wrong": a competent demo of the wrong thing (the paired drawer task's expert; push_cube's
 # expert towards the goal mirrored through the cube): multimodal data where averaging the
 # demonstrated actions (behaviour cloning) fails and reward-aware methods (IQL) can choose.
@@ -128,15 +134,24 @@ def _episode(
         expert = _wrong_expert(twin, noise, seed)
     max_steps = twin.task.max_steps
     stall_at = int(rng.uniform(0.15, 0.7) * max_steps) if kind == "stall" else max_steps
+    start = twin.task.reward(twin.physics)
+    # partial: stop at this progress, a fraction of the way from the start to success (1.0)
+    stop_at = start + rng.uniform(*PARTIAL_RANGE) * (1.0 - start) if kind == "partial" else 2.0
     rows: list[dict[str, np.ndarray]] = []
     action = np.zeros(5)
     image, depth = _frames(obs)
     for step in range(max_steps):
+        progress = twin.task.reward(twin.physics)
+        if step < stall_at and progress >= stop_at:
+            stall_at = step  # partial: far enough, stop here
         if step < stall_at:
             state = twin.privileged_state()
             action = expert.act(decoy(twin, state) if decoy else state)
-        else:  # small random motions that do not finish the task
-            action = np.concatenate([rng.normal(0, 0.005, 3), [0.0], [action[4]]])
+            if kind == "partial" and progress > start + 0.3 * (stop_at - start):  # slow down
+                action = np.concatenate([0.25 * action[:4], action[4:]])
+        else:  # small random motions that do not finish the task (partial: barely moving)
+            jitter = 0.001 if kind == "partial" else 0.005
+            action = np.concatenate([rng.normal(0, jitter, 3), [0.0], [action[4]]])
         rows.append(observation_row(twin, image, depth) | {"action": action.astype(np.float32)})
         result = twin.step(action)
         image, depth = _frames(result.observation)

@@ -143,3 +143,22 @@ def test_wrong_episodes_need_a_task_with_a_wrong_goal(tmp_path) -> None:
             RecordConfig(episodes=1, kinds=("wrong",), depth=False),
             TwinConfig(task="lift_rod"),
         )
+
+
+@pytest.mark.parametrize("task", ["open_drawer", "close_drawer"])
+def test_partial_episodes_are_near_misses_between_start_and_goal(tmp_path, task: str) -> None:
+    from twinloop.sim2real.record import PARTIAL_RANGE
+    from twinloop.sim2real.scene import CameraConfig
+
+    path = tmp_path / "partial.zarr"
+    cfg = RecordConfig(episodes=4, kinds=("partial",), depth=False, hold_steps=0, seed=3)
+    record_twin_dataset(path, cfg, TwinConfig(task=task, camera=CameraConfig(width=32, height=32)))
+    store = EpisodeStore.open(path)
+    for i in range(store.n_episodes):
+        assert store.episode_meta(i)["kind"] == "partial"
+        assert not store.episode_meta(i)["success"]  # a near miss
+        episode = store.get_episode(i)
+        opening = np.asarray(episode["priv_drawer_opening"]).reshape(-1)
+        travel = float(np.asarray(episode["priv_drawer_travel"]).reshape(-1)[0])
+        moved = abs(float(opening[-1] - opening[0]))
+        assert moved > 0.5 * PARTIAL_RANGE[0] * 0.6 * travel  # it went part of the way

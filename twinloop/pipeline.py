@@ -163,7 +163,7 @@ def _commands(name: str, cfg: PipelineConfig) -> list[list[str]]:
         for task, sfx, offset in ((cfg.task, "", 0), (back, "_b", 20_000)):
             if not task:
                 continue
-            record = ["twin", "record", "--task", task, "--kinds", "expert,stall,noisy",
+            record = ["twin", "record", "--task", task, "--kinds", "expert,stall,noisy,partial",
                       "--width", str(w), "--height", str(h), "--no-depth", "--overwrite"]  # fmt: skip
             out += [
                 [*record, "--episodes", str(b.train_episodes), "--seed", str(cfg.seed + offset),
