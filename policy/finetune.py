@@ -552,6 +552,9 @@ def reward_audit(episodes: list[dict[str, Any]]) -> dict[str, Any] | None:
     def counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
         flagged = sum(bool(r["success"]) for r in rows)
         true = sum(bool(r["true_success"]) for r in rows)
+        # how far the twin's task progress (0..1) was when the reward wrongly called success
+        near = sorted(float(r["true_progress"]) for r in rows
+                      if r["success"] and not r["true_success"] and "true_progress" in r)  # fmt: skip
         return {
             "episodes": len(rows),
             "flagged_successes": flagged,
@@ -561,6 +564,7 @@ def reward_audit(episodes: list[dict[str, Any]]) -> dict[str, Any] | None:
             "agreement": round(
                 sum(bool(r["success"]) == bool(r["true_success"]) for r in rows) / len(rows), 4
             ),
+            "false_success_progress_median": round(near[len(near) // 2], 3) if near else None,
         }
 
     tasks = sorted({str(r.get("task", "")) for r in known} - {""})

@@ -122,6 +122,7 @@ class EpisodeResult:
     duration_s: float  # from start to end event
     task: str  # "" when the runner does not know it
     true_success: bool | None = None  # the cell's own verdict (on_truth); None: never heard
+    true_progress: float | None = None  # the cell's task progress (0..1) at the end, if it has one
 
 
 class EpisodeRunner:
@@ -147,6 +148,7 @@ class EpisodeRunner:
         self._settle_until = 0
         self._streak = 0  # success flags in a row in the running episode
         self._truth: bool | None = None  # the cell's success during the running episode
+        self._progress: float | None = None  # the cell's last task progress in it
 
     # ----- helpers -------------------------------------------------------------------------------
     def _set(self, phase: str, now_ns: int) -> None:
@@ -254,6 +256,7 @@ class EpisodeRunner:
         self._last_success = False
         self._streak = 0
         self._truth = None
+        self._progress = None
         self.index += 1
         self._since_reset += 1
 
@@ -289,19 +292,36 @@ class EpisodeRunner:
             return []
         return self._end(now_ns, success=True)
 
-    def on_truth(self, success: bool, *, task: str = "", stamp_ns: int | None = None) -> None:
+    def on_truth(
+        self,
+        success: bool,
+        *,
+        task: str = "",
+        stamp_ns: int | None = None,
+        progress: float | None = None,
+    ) -> None:
         """The cell's own success (the twin's, when success comes from a reward model): kept as
-        the running episode's ``true_success`` (True once it was seen)."""
+        the running episode's ``true_success`` (True once it was seen); ``progress``: the cell's
+        task progress (0..1, the twin's dense reward), the last one kept as ``true_progress``."""
         if self.phase != "running" or (stamp_ns is not None and stamp_ns < self._start_ns):
             return
         if task and self.task and task != self.task:
             return
         self._truth = bool(self._truth) or bool(success)
+        if progress is not None and math.isfinite(progress):
+            self._progress = float(progress)
 
     def _end(self, now_ns: int, *, success: bool) -> list[Command]:
         duration = (now_ns - self._start_ns) / 1e9
         self.results.append(
-            EpisodeResult(self.index - 1, success, duration, self.task, true_success=self._truth)
+            EpisodeResult(
+                self.index - 1,
+                success,
+                duration,
+                self.task,
+                true_success=self._truth,
+                true_progress=self._progress,
+            )
         )
         self._last_success = success
         event = self._event("success" if success else "failure", duration_s=round(duration, 3))

@@ -162,12 +162,14 @@ def test_reward_flags_before_the_start_or_of_the_other_task_are_ignored() -> Non
     assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="open_drawer") == []
     assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="open_drawer") == []
     runner.on_truth(True, task="open_drawer", stamp_ns=13 * S)  # the other task's truth: ignored
-    runner.on_truth(False, task="close_drawer", stamp_ns=13 * S)
+    runner.on_truth(False, task="close_drawer", stamp_ns=13 * S, progress=0.7)
+    runner.on_truth(False, task="close_drawer", stamp_ns=13 * S, progress=0.8)
     assert runner.on_success(True, 13 * S, stamp_ns=13 * S, task="close_drawer") == []
     out = runner.on_success(True, 14 * S, stamp_ns=14 * S, task="close_drawer")
     assert kinds(out) == ["success", "switch", "start"]
     # the reward said success, the twin never did: a false success in the audit
     assert runner.results[-1].true_success is False
+    assert runner.results[-1].true_progress == 0.8  # the last one before the end
     # the twin reached success, the reward never flagged it: missed
     runner.on_truth(True, task="open_drawer", stamp_ns=15 * S)
     assert kinds(runner.tick(20 * S)) == ["failure", "exit"]

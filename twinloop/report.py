@@ -406,9 +406,11 @@ def _reset_free_block(s: dict[str, Any], rf: dict[str, Any]) -> str:
     rows = []
     for t in tasks:
         a = per_task.get(t) or {}
+        near = a.get("false_success_progress_median")
         rows.append([f"<code>{_esc(t)}</code>", _fmt((rf.get("episodes") or {}).get(t), "d"),
                      _fmt((rf.get("successes") or {}).get(t), "d"),
                      _fmt(a.get("true_successes"), "d"), _fmt(a.get("false_success"), "d"),
+                     "-" if near is None else _fmt(near, ".2f"),
                      _fmt(a.get("missed"), "d")])  # fmt: skip
     versions = [v for v in s.get("versions") or [] if "success_rate_backward" in v]
     vrows = [[f"v{v['version']}", _fmt(v.get("env_steps"), "d"), _pct(v.get("success_rate")),
@@ -427,6 +429,7 @@ def _reset_free_block(s: dict[str, Any], rf: dict[str, Any]) -> str:
                 "successes (reward's flag)",
                 "true successes (twin)",
                 "false successes",
+                "twin's task progress at a false success (median; 1 = goal)",
                 "missed",
             ],
             rows,

@@ -223,6 +223,8 @@ class EpisodeRunnerNode(Node):
                   "duration_s": round(result.duration_s, 3), "task": result.task}  # fmt: skip
         if result.true_success is not None:
             record["true_success"] = result.true_success
+        if result.true_progress is not None:
+            record["true_progress"] = round(result.true_progress, 4)
         self._write(record)
 
     def _write(self, record: dict[str, Any]) -> None:
@@ -287,7 +289,9 @@ class EpisodeRunnerNode(Node):
         if self.cfg.success_source == "reward":  # the truth next to the reward's verdict
             stamp = state.get("stamp_ns")
             stamp = stamp if isinstance(stamp, int) and not isinstance(stamp, bool) else None
-            self.runner.on_truth(success, task=task, stamp_ns=stamp)
+            reward = state.get("reward")
+            progress = float(reward) if isinstance(reward, (int, float)) else None
+            self.runner.on_truth(success, task=task, stamp_ns=stamp, progress=progress)
             return
         self._run(self.runner.on_success(success, self._now(), episode=episode))
 
