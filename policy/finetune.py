@@ -728,7 +728,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
 
 # ----- the command -----------------------------------------------------------------------------
 QUICK = {"demos": 3, "offline_steps": 200, "online_episodes": 4, "eval_episodes": 3,
-         "offline_evals": 2, "batch_size": 128, "min_online": 40}  # fmt: skip
+         "offline_evals": 2, "batch_size": 128, "min_online": 10}  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> FinetuneConfig:

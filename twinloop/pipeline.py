@@ -59,7 +59,7 @@ class Budget:
 
 QUICK = Budget(graph_episodes=2, train_episodes=12, heldout_episodes=6, classifier_steps=150,
                preference_queries=150, preference_epochs=5, finetune_demos=3, offline_steps=200,
-               online_episodes=4, eval_episodes=3, sysid_steps=1500)  # fmt: skip
+               online_episodes=6, eval_episodes=3, sysid_steps=1500)  # fmt: skip
 FULL = Budget(graph_episodes=4, train_episodes=36, heldout_episodes=12, classifier_steps=600,
               preference_queries=1000, preference_epochs=20, finetune_demos=20,
               offline_steps=1500, online_episodes=60, eval_episodes=10, sysid_steps=6000)  # fmt: skip
