@@ -97,7 +97,7 @@ class FinetuneConfig:
     progress: bool = True  # progress bars
     reset_free: bool = False  # forward (task) / backward (TASK_PAIRS[task]) switched on success
     reset_every: int = 10  # reset_free: a full reset of the twin every N online episodes (0: never)
-    success_frames: int = 1  # learned reward: success flags in a row that end an online episode
+    success_frames: int = 3  # learned reward: success flags in a row that end an online episode
 
     def __post_init__(self) -> None:
         from twinloop.sim2real.tasks import TASK_PAIRS, TASKS
@@ -808,9 +808,9 @@ def add_command(sub: Any) -> None:
                    help="true: the twin's success (-1/0); model:PATH: a twinloop.vlm_reward "
                    "checkpoint run by reward_node; with --reset-free one per task: "
                    "model:open_drawer=A.safetensors,close_drawer=B.safetensors (default: true)")  # fmt: skip
-    p.add_argument("--success-frames", type=int, default=1,
+    p.add_argument("--success-frames", type=int, default=3,
                    help="with a learned reward: success flags in a row that end an online "
-                   "episode (default 1)")  # fmt: skip
+                   "episode (default 3: 0.3 s at 10 Hz; docs/finetune.md has the measurement)")  # fmt: skip
     p.add_argument("--eval-episodes", type=int, default=None,
                    help="episodes per evaluation, fixed seeds (default 10; quick 3)")  # fmt: skip
     p.add_argument(
