@@ -585,6 +585,7 @@ def _node_rates(final: dict[str, Any] | None) -> dict[str, Any]:
         "policy_held": policy.get("held"),
         "policy_swaps": policy.get("swaps"),
         "learner_updates_per_s": learner.get("updates_per_s"),
+        "learner_busy_updates_per_s": learner.get("busy_updates_per_s"),
         "learner_updates": learner.get("updates"),
         "learner_env_steps": learner.get("env_steps"),
         **_reward_rates(final.get("reward")),

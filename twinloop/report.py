@@ -494,7 +494,8 @@ def _section_nodes(run: dict[str, Any], run_dir: Path) -> str:
         "policy_jitter_ms": ("policy_node period jitter", "ms"),
         "policy_held": ("ticks held (no fresh observation)", ""),
         "policy_swaps": ("policy weight swaps", ""),
-        "learner_updates_per_s": ("learner gradient updates", "/s"),
+        "learner_updates_per_s": ("learner gradient updates, last seconds (0 once idle)", "/s"),
+        "learner_busy_updates_per_s": ("learner update throughput while updating", "/s"),
         "learner_updates": ("learner updates in all", ""),
         "reward_input_hz": ("reward_node frames in", "Hz"),
         "reward_output_hz": ("reward_node rewards out", "Hz"),
@@ -507,7 +508,7 @@ def _section_nodes(run: dict[str, Any], run_dir: Path) -> str:
         "safety_estop": ("e-stop latched", ""),
     }
     for key, (label, unit) in labels.items():
-        if key in rates:
+        if rates.get(key) is not None:  # a figure the node did not report is left out
             rows.append([_esc(label), f"{_value(rates[key])} {unit}".strip()])
     graph_eps = run_dir / "graph" / "demos.zarr"
     if graph_eps.exists():

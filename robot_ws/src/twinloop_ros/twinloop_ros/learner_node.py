@@ -194,6 +194,7 @@ class LearnerNode(Node):
         self.create_timer(cfg.status_period_s, self._publish_status)
         self._stop = threading.Event()
         self._updates_per_s = 0.0
+        self._busy = (0.0, 0)  # (seconds spent in steps that updated, their updates)
         latest = self.learner.latest()
         if latest is not None and latest[1].exists():
             self._announce(*latest)  # transient local: a restarted actor gets it too
@@ -270,12 +271,20 @@ class LearnerNode(Node):
         last_save = time.monotonic()
         window: deque[tuple[float, int]] = deque(maxlen=64)
         while not self._stop.is_set():
+            t0 = time.perf_counter()
+            before = self.learner.updates
             try:
                 done = self._train_step()
             except Exception as err:  # a failed update must not kill the node silently
                 self.get_logger().error(f"training step failed: {err!r}")
                 self._stop.wait(1.0)
                 continue
+            if self.learner.updates > before:
+                spent, count = self._busy
+                self._busy = (
+                    spent + time.perf_counter() - t0,
+                    count + self.learner.updates - before,
+                )
             now = time.monotonic()
             window.append((now, self.learner.updates))
             if len(window) > 1 and now > window[0][0]:
@@ -310,6 +319,10 @@ class LearnerNode(Node):
         status = {
             **self.learner.status(),
             "updates_per_s": round(self._updates_per_s, 2),
+            # what it can do: updates per second of the time it spent updating (UTD caps the rest)
+            "busy_updates_per_s": round(self._busy[1] / self._busy[0], 2)
+            if self._busy[0]
+            else None,
             "in_episode": self.assembler.in_episode,
             "assembler": dict(self.assembler.counts),
             "queued_episodes": len(self._episodes),
