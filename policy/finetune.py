@@ -421,6 +421,13 @@ def build_graph(
         else:
             path = models.get("", models.get(cfg.task))
             overrides.append(f"reward.checkpoint={Path(str(path)).resolve()}")
+    if "twin" not in load_graph(GRAPH_PREFIX + cfg.profile).names:
+        msg = (
+            f"profile {GRAPH_PREFIX + cfg.profile} has no twin: `twinloop finetune` records demos "
+            "and evaluates in the twin. On a robot: `twinloop launch --profile finetune_robot` "
+            "(docs/robot.md, section 6.6)"
+        )
+        raise PolicyError(msg)
     graph = load_graph(GRAPH_PREFIX + cfg.profile, overrides=overrides)
     if not cfg.reward_model and "reward" in graph.names:
         graph = graph.without("reward")

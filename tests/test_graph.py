@@ -75,6 +75,61 @@ def test_robot_profile_has_the_same_format() -> None:
     assert graph.node("safety").parameters == load_graph("sim").node("safety").parameters
 
 
+def test_finetune_robot_profile() -> None:
+    """Online fine-tuning on the real cell: the robot's camera, arm and safety layer, the actor,
+    learner, reward and runner nodes; the operator starts episodes, the learned reward ends them."""
+    graph = load_graph("finetune_robot")
+    assert graph.names == ("camera", "arm_bridge", "safety", "teleop", "reward", "policy",
+                           "learner", "episode_runner", "live_view")  # fmt: skip
+    assert graph.node("safety").required and graph.node("arm_bridge").required
+    assert graph.node("safety").parameters == load_graph("robot").node("safety").parameters
+    runner = graph.node("episode_runner").parameters
+    assert graph.node("episode_runner").required
+    assert runner["reset_service"] == "" and runner["success_source"] == "reward"
+    assert runner["success_frames"] == 3
+    assert graph.node("learner").parameters["reward_source"] == "topic"
+    for name in ("policy", "learner"):  # robot policies see images, no privileged state
+        params = graph.node(name).parameters
+        assert params["image_key"] == "image_color" and params["state_keys"] == ("proprio",)
+    assert graph.node("teleop").parameters["idle_publish"] is False
+    assert "twin" not in graph.names
+
+
+def test_profile_parameters_are_node_parameters() -> None:
+    """Every parameter a shipped profile sets is a field of one of the configs its node reads (a
+    typo would otherwise be ignored until the node runs on its default)."""
+    pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels")
+    import dataclasses
+    import importlib
+
+    ros = "twinloop_ros."
+    configs = {  # executable -> the dataclasses its node reads its parameters into
+        "camera_node": [ros + "camera_node:CameraNodeConfig", "twinloop.camera:RealSenseConfig"],
+        "arm_bridge": [ros + "arm_bridge:ArmBridgeNodeConfig", "twinloop.arm_bridge:ArmProfile"],
+        "safety_node": [ros + "safety_node:SafetyNodeConfig", "twinloop.safety:LimiterConfig",
+                        "twinloop.safety:SafetyConfig"],
+        "teleop_node": [ros + "teleop_node:TeleopNodeConfig", "twinloop.teleop:TeleopConfig"],
+        "reward_node": [ros + "reward_node:RewardNodeConfig"],
+        "policy_node": [ros + "policy_node:PolicyNodeConfig"],
+        "learner_node": [ros + "learner_node:LearnerNodeConfig"],
+        "episode_runner_node": [ros + "episode_runner_node:EpisodeRunnerNodeConfig"],
+    }  # fmt: skip
+    checked = 0
+    for profile in ("finetune_robot", "finetune_sim", "robot"):
+        for n in load_graph(profile).nodes:
+            if n.executable not in configs:
+                continue
+            fields: set[str] = set()
+            for target in configs[n.executable]:
+                module, cls = target.split(":")
+                config = getattr(importlib.import_module(module), cls)
+                fields |= {f.name for f in dataclasses.fields(config)}
+            unknown = sorted(k for k in set(n.parameters) - fields if "." not in k)
+            assert not unknown, (profile, n.name, unknown)
+            checked += 1
+    assert checked >= 15
+
+
 def test_profiles_are_found_in_the_checkout_first() -> None:
     dirs = config_dirs()
     assert dirs[0] == PKG / "config"
@@ -83,7 +138,7 @@ def test_profiles_are_found_in_the_checkout_first() -> None:
 
 
 def test_unknown_profile_lists_the_available_ones() -> None:
-    expected = r"unknown graph profile 'lab'.*\['finetune_sim', 'robot', 'sim'\]"
+    expected = r"unknown graph profile 'lab'.*\['finetune_robot', 'finetune_sim', 'robot', 'sim'\]"
     with pytest.raises(TwinloopError, match=expected):
         load_graph("lab")
 
