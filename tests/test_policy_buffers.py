@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_reward import constant_classifier
 from twinloop.datasets.store import EpisodeStore
 from twinloop.policy.base import flatten_state, unflatten_state
 from twinloop.policy.buffers import MixedSampler, ReplayBuffer, RewardSpec, load_offline
@@ -325,25 +326,6 @@ def test_model_reward_relabels_frames(tmp_path: Path) -> None:
     assert len(dense) == 8 + 6 and not _contents(dense)["dones"].any()
 
 
-def _constant_classifier(path: Path, *, success: bool) -> Path:
-    """A tiny CNN classifier that says the same of every frame: reward 1 + success (threshold 0,
-    0/1 rewards) or reward -1, never success (threshold 1: a random CNN never reaches it)."""
-    from twinloop.vlm_reward.base import save_reward_model
-    from twinloop.vlm_reward.success_classifier import ClassifierConfig, SuccessClassifier
-
-    torch.manual_seed(0)
-    config = ClassifierConfig(
-        size=16,
-        channels=(4, 8),
-        feature_dim=8,
-        head_hidden=8,
-        device="cpu",
-        threshold=0.0 if success else 1.0,
-        reward_mode="zero_one" if success else "neg_one_zero",
-    )
-    return save_reward_model(SuccessClassifier(config), path)
-
-
 def _task_part(path: Path, task: str, plan: Sequence[tuple[int, int]]) -> Path:
     """A per-task store (attr twin_task) with one episode per (episode seed, rows)."""
     extra = {"twin_task": task}
@@ -367,8 +349,8 @@ def test_model_reward_per_task_picks_each_episodes_own_model(tmp_path: Path) -> 
             "open_drawer",
             "close_drawer",
         ]
-    opened = _constant_classifier(tmp_path / "open.st", success=True)
-    closed = _constant_classifier(tmp_path / "close.st", success=False)
+    opened = constant_classifier(tmp_path / "open.st", success=True)
+    closed = constant_classifier(tmp_path / "close.st", success=False)
     spec = f"model:close_drawer={closed},open_drawer={opened}"
     dense = load_offline(merged, STATE, RewardSpec(spec, terminal_on_success=False), reward_batch=2)
     c = _contents(dense)
@@ -385,8 +367,8 @@ def test_model_reward_per_task_picks_each_episodes_own_model(tmp_path: Path) -> 
 
 
 def test_model_reward_per_task_follows_the_episode_meta_not_the_order(tmp_path: Path) -> None:
-    opened = _constant_classifier(tmp_path / "open.st", success=True)
-    closed = _constant_classifier(tmp_path / "close.st", success=False)
+    opened = constant_classifier(tmp_path / "open.st", success=True)
+    closed = constant_classifier(tmp_path / "close.st", success=False)
     path = tmp_path / "mixed.zarr"
     tasks = ["close_drawer", "open_drawer", "close_drawer"]
     with EpisodeStore.create(path, fps=10.0, extra_attrs={"twin_task": "open_drawer"}) as st:
@@ -400,7 +382,7 @@ def test_model_reward_per_task_follows_the_episode_meta_not_the_order(tmp_path: 
 
 
 def test_model_reward_per_task_errors_name_the_task(tmp_path: Path) -> None:
-    opened = _constant_classifier(tmp_path / "open.st", success=True)
+    opened = constant_classifier(tmp_path / "open.st", success=True)
     path = tmp_path / "three.zarr"
     with EpisodeStore.create(path, fps=10.0) as st:
         for ep, task in enumerate(["open_drawer", "lift_rod"]):

@@ -25,6 +25,7 @@ import torch
 pytest.importorskip("rclpy", reason="needs the ROS 2 Jazzy wheels (pip install -e .[ros])")
 
 from helpers_clip import make_tiny_open_clip
+from helpers_reward import constant_classifier
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from twinloop.vlm_reward.base import (
@@ -34,7 +35,6 @@ from twinloop.vlm_reward.base import (
     save_reward_model,
 )
 from twinloop.vlm_reward.clip_reward import ClipReward, ClipRewardConfig
-from twinloop.vlm_reward.success_classifier import ClassifierConfig, SuccessClassifier
 from twinloop_ros.conversions import (
     episode_event_to_msg,
     image_to_msg,
@@ -368,22 +368,6 @@ def test_help_lists_the_parameters() -> None:
 
 
 # ----- one model per task (reset-free) -------------------------------------------------------
-def constant_classifier(path: Path, *, success: bool) -> Path:
-    """A tiny CNN classifier that says the same of every frame: reward 1 + success (threshold 0,
-    0/1 rewards) or reward -1, never success (threshold 1: a random CNN never reaches it)."""
-    torch.manual_seed(0)
-    config = ClassifierConfig(
-        size=16,
-        channels=(4, 8),
-        feature_dim=8,
-        head_hidden=8,
-        device="cpu",
-        threshold=0.0 if success else 1.0,
-        reward_mode="zero_one" if success else "neg_one_zero",
-    )
-    return save_reward_model(SuccessClassifier(config), path)
-
-
 def test_task_checkpoints_switch_models_at_the_start_events_stamp(tmp_path: Path) -> None:
     opened = constant_classifier(tmp_path / "open.safetensors", success=True)
     closed = constant_classifier(tmp_path / "close.safetensors", success=False)

@@ -9,33 +9,16 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
-from twinloop.vlm_reward.base import RewardBatch, RewardOutput, save_reward_model
+from helpers_reward import constant_classifier
+from twinloop.vlm_reward.base import RewardBatch, RewardOutput
 from twinloop.vlm_reward.errors import RewardError
 from twinloop.vlm_reward.routing import (
     TaskRoutedReward,
     load_task_models,
     parse_task_checkpoints,
 )
-from twinloop.vlm_reward.success_classifier import ClassifierConfig, SuccessClassifier
 
 torch.set_num_threads(1)
-
-
-def constant_classifier(path: Path, *, success: bool, seed: int = 0) -> Path:
-    """A tiny CNN success classifier whose output does not depend on the frame: threshold 0 with
-    0/1 rewards (always reward 1, success) or threshold 1 with -1/0 rewards (always -1, failure;
-    a random CNN's sigmoid never reaches 1.0)."""
-    torch.manual_seed(seed)
-    config = ClassifierConfig(
-        size=16,
-        channels=(4, 8),
-        feature_dim=8,
-        head_hidden=8,
-        device="cpu",
-        threshold=0.0 if success else 1.0,
-        reward_mode="zero_one" if success else "neg_one_zero",
-    )
-    return save_reward_model(SuccessClassifier(config), path)
 
 
 @dataclass(frozen=True)
