@@ -664,6 +664,8 @@ class GraphProcesses:
                 if self._wait_all(wait_s):
                     break
                 log.warning("nodes %s ignored %s", self.running(), sig.name)
+            else:
+                self._dump_stacks()
         except KeyboardInterrupt:
             log.warning("interrupted while stopping: killing the graph")
         finally:
@@ -674,6 +676,17 @@ class GraphProcesses:
             for reader in self._readers:
                 reader.join(timeout=2.0)
         return self.returncodes()
+
+    def _dump_stacks(self) -> None:
+        """Ask twinloop's nodes still running for their thread stacks (run_node prints them on
+        SIGUSR1; to another program it could be fatal) so the output shows where they hang, then
+        give the readers a moment to pass it on."""
+        ours = [n for n in self.running() if self.graph.node(n).package == ROS_PACKAGE]
+        for name in ours:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self._procs[name].pid, signal.SIGUSR1)
+        if ours:
+            time.sleep(1.0)
 
     def _signal_all(self, sig: signal.Signals, *, only_running: bool) -> None:
         for proc in self._procs.values():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import faulthandler
+import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
@@ -34,6 +37,9 @@ __all__ = [
     "run_node",
 ]
 
+# Seconds a node may take to finish stopping once its spin has ended (a recorder closing its
+# store, a learner saving its checkpoint) before it prints its stacks and exits with code 1.
+STOP_GRACE_S = 30.0
 # Sensor streams: best effort, keep the last few (compatible with reliable drivers).
 SENSOR_QOS: QoSProfile = qos_profile_sensor_data
 # Commands and events: reliable, volatile, depth 10.
@@ -121,7 +127,9 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     rclpy.init installs handlers for SIGINT and SIGTERM that shut the context down, which ends
     the spin cleanly. A node that exposes ``done: Future`` stops when it completes and its
     result (an int) is the exit code. Bad parameters (ValueError at construction) give exit 2.
+    Stopping is bounded: see :func:`_install_stop_handlers`.
     """
+    _install_stop_handlers()
     rclpy.init(args=args)
     node: Node | None = None
     code = 0
@@ -148,10 +156,38 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
         if rclpy.ok():
             raise
     finally:
+        # a node that cannot finish stopping says where it hangs and exits rather than live on
+        faulthandler.dump_traceback_later(STOP_GRACE_S, exit=True)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
     return code
+
+
+def _install_stop_handlers() -> None:
+    """Make SIGINT/SIGTERM stop the node at a clean point, and a stuck stop visible.
+
+    rclpy's handlers shut the context down (which wakes the executor and ends the spin) and
+    then call the Python handler they replaced. Python's default one raises KeyboardInterrupt
+    at whatever line the main thread is on, half-way through a callback or a library's
+    bookkeeping, and the cleanup after it can then hang; a later SIGTERM finds the context
+    already shut down and does nothing. So the Python handler here only notes the first signal;
+    a second one (Ctrl-C again, or the graph's SIGTERM after its grace period) prints every
+    thread's stack to stderr and exits at once. ``kill -USR1 <pid>`` prints the stacks of a
+    running node.
+    """
+    signals: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            sys.stderr.write(f"{signal.Signals(signum).name} while stopping: exiting now\n")
+            faulthandler.dump_traceback(all_threads=True)
+            os._exit(128 + signum)
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
 
 
 def main_exit(make_node: Callable[[], Node]) -> None:
