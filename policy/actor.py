@@ -297,24 +297,22 @@ class PolicyRunner:
         self.held[reason] += 1
         self.last_hold = f"{reason}: {detail}"
 
-    def _fresh(self, stamps: Mapping[str, int], now_ns: int) -> bool:
+    def _not_fresh(self, stamps: Mapping[str, int], now_ns: int) -> tuple[str, str] | None:
+        """Why the observations cannot give an action now (reason, detail), or None."""
         sources = self.observations.sources
         missing = [s for s in sources if s not in stamps]
         if missing:
             why = " (no episode start event with a known task)" if "task" in missing else ""
-            self._hold("missing", f"no {missing} yet{why}")
-            return False
+            return "missing", f"no {missing} yet{why}"
         sources = tuple(s for s in sources if s not in HELD_SOURCES)
         stale = [s for s in sources if abs(now_ns - stamps[s]) > self.max_obs_age_ns]
         if stale:
             ages = {s: round((now_ns - stamps[s]) / 1e9, 3) for s in stale}
-            self._hold("stale", f"ages {ages} s > {self.max_obs_age_ns / 1e9} s")
-            return False
+            return "stale", f"ages {ages} s > {self.max_obs_age_ns / 1e9} s"
         same = [s for s in sources if self._used.get(s) == stamps[s]]
         if same:
-            self._hold("unchanged", f"{same} not new since the last action")
-            return False
-        return True
+            return "unchanged", f"{same} not new since the last action"
+        return None
 
     def observe(self, rows: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Batched policy observation (batch 1) from merged rows; PolicyError on bad rows."""
@@ -325,14 +323,18 @@ class PolicyRunner:
             obs["image"] = torch.as_tensor(images_from_rows(batch, self.spec), device=self.device)
         return obs
 
-    def act(self, now_ns: int) -> PolicyAction | None:
-        """An action from fresh observations, or None (the reason is counted in :attr:`held`).
+    def act(self, now_ns: int, *, count_hold: bool = True) -> PolicyAction | None:
+        """An action from fresh observations, or None (the reason is counted in :attr:`held`
+        unless ``count_hold`` is false: a caller that only asks whether an action is ready yet).
 
         PolicyError when the observation does not fit the policy (the caller logs it and holds
         still; it is counted as ``error``).
         """
         rows, stamps = self.observations.snapshot()
-        if not self._fresh(stamps, now_ns):
+        why = self._not_fresh(stamps, now_ns)
+        if why is not None:
+            if count_hold:
+                self._hold(*why)
             return None
         weights = self._weights  # the only read of the weights on the control path
         try:

@@ -79,6 +79,21 @@ def test_runner_acts_only_on_fresh_changed_observations(ckpt: Path) -> None:
     assert runner.status()["held"] == {"missing": 1, "stale": 1, "unchanged": 2, "error": 0}
 
 
+def test_asking_whether_an_action_is_ready_counts_no_hold(ckpt: Path) -> None:
+    """policy_node asks on every arrival while a slot is open (count_hold=False); only a slot
+    that ends without an action is counted, with its reason."""
+    runner = PolicyRunner(ckpt, OBS, max_obs_age_s=0.3)
+    t0 = 10 * SEC
+    assert runner.act(t0, count_hold=False) is None
+    assert sum(runner.held.values()) == 0 and runner.last_hold == ""
+    feed(runner, t0)
+    assert runner.act(t0 + 5 * MS, count_hold=False) is not None
+    assert runner.act(t0 + 10 * MS, count_hold=False) is None  # the same observations
+    assert sum(runner.held.values()) == 0
+    assert runner.act(t0 + 100 * MS) is None and runner.held["unchanged"] == 1
+    assert "not new since the last action" in runner.last_hold
+
+
 def test_shape_change_mid_run_is_an_error_naming_the_key(ckpt: Path) -> None:
     runner = PolicyRunner(ckpt, OBS)
     feed(runner, SEC)

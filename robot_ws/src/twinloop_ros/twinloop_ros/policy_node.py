@@ -6,11 +6,16 @@ A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_lear
   /twinloop/ee_pose and, for ``priv_*`` state keys, the twin's /twinloop/sim/state (a String
   without a header: stamped with its ``stamp_ns`` field, the stamp of the joint state and pose
   published with it);
-- a timer at ``control_hz`` asks the runner for an action and publishes it on /twinloop/action
+- a timer at ``control_hz`` opens one action slot per period; the slot's action is computed as
+  soon as every source has a message newer than the last action's (at the tick if they already
+  have, else on the arrival that completes them) and published on /twinloop/action
   (sensor_msgs/JointState, ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest
-  observation stamp it was computed from). The safety node turns it into /twinloop/safe_action;
-  this node never publishes safe actions. Without fresh, new observations it publishes nothing
-  (the safety watchdog holds the arm) and counts why;
+  observation stamp it was computed from). Acting on arrival keeps the observation the newest
+  one whatever the phase between the timer and the sensors; acting at the tick on what was there
+  made every action one state late when the ticks fell just before the arrivals. The safety node
+  turns actions into /twinloop/safe_action; this node never publishes safe actions. A slot that
+  ends without an action (no fresh, new observations) publishes nothing (the safety watchdog
+  holds the arm) and counts why;
 - a reset-free policy (``task_onehot`` in ``state_keys``) is conditioned on the task of the
   newest ``start`` event on ``episode_topic`` (the one-hot of its index in ``tasks``); before the
   first one it holds still (counted as ``missing``), a start event of an unknown task is logged
@@ -148,12 +153,14 @@ class PolicyNode(Node):
             ee_pose_topic=cfg.ee_pose_topic,
             sim_state_topic=cfg.sim_state_topic,
             warn=self._warn,
+            after=self._on_observation,
         )
         if "task" in sources:
             self.create_subscription(String, cfg.episode_topic, self._on_event, COMMAND_QOS)
         self.create_subscription(String, cfg.weights_topic, self._on_weights, WEIGHTS_QOS)
         self._ticks: deque[float] = deque(maxlen=512)  # monotonic times of timer callbacks
         self._sent: deque[float] = deque(maxlen=512)  # monotonic times of published actions
+        self._due = False  # this period's action slot is open (not yet used)
         self._pending: Future[int] | None = None
         self._wanted: tuple[int, str] | None = None  # newest announced, not yet loading
         self.create_timer(1.0 / cfg.control_hz, self._tick)
@@ -185,18 +192,33 @@ class PolicyNode(Node):
             return
         if event.get("event") == "start":
             self.get_logger().info(f"episode {event.get('episode')}: task {self.runner.task}")
+            self._on_observation()
 
     # ----- control -------------------------------------------------------------------------------
     def _tick(self) -> None:
         self._ticks.append(time.monotonic())
+        if self._due:  # the last slot ended without an action: count and report why
+            self._act(count_hold=True)
+        self._due = True
+        self._act(count_hold=False)
+
+    def _on_observation(self) -> None:
+        if self._due:
+            self._act(count_hold=False)
+
+    def _act(self, *, count_hold: bool) -> None:
+        """Use the open slot if the observations are fresh; ``count_hold``: the slot is over."""
         try:
-            action = self.runner.act(self._now())
+            action = self.runner.act(self._now(), count_hold=count_hold)
         except PolicyError as err:
+            self._due = False  # one error per slot, not one per message
             self._warn("error", f"holding still: {err}")
             return
         if action is None:
-            self._warn("hold", f"holding still ({self.runner.last_hold})")
+            if count_hold:
+                self._warn("hold", f"holding still ({self.runner.last_hold})")
             return
+        self._due = False
         msg = action_to_msg(action.metric, stamp=stamp_from_ns(action.stamp_ns))
         msg.header.frame_id = self.cfg.source
         self._pub.publish(msg)
