@@ -8,8 +8,10 @@ same :class:`~twinloop.policy.obs.ObsSpec` helpers the offline buffers use and r
 
 The actor never sends an action it did not compute from fresh observations: ``act(now_ns)``
 returns None, and counts the reason, when a needed source has no value yet (``missing``), its
-newest value is older than ``max_obs_age_s`` (``stale``) or has not changed since the last action
-(``unchanged``). A reset-free policy (``task_onehot`` in its state keys) takes the one-hot of
+newest value is older than ``max_obs_age_s`` (``stale``), has not changed since the last action
+(``unchanged``), or, with ``max_spread_s``, the sources' stamps lie further apart than that
+(``unsynced``: a mix of two states, e.g. the twin's new joint state with its previous
+privileged state, while the rest of the new state is a millisecond away). A reset-free policy (``task_onehot`` in its state keys) takes the one-hot of
 the task named by the newest episode ``start`` event (:meth:`PolicyRunner.on_event`); until one
 came it holds still (``missing``: no ``task``). The task does not go stale: it holds until the
 next start event. New weights are loaded with :meth:`PolicyRunner.swap` on a background thread
@@ -57,7 +59,7 @@ SOURCES: tuple[str, ...] = ("ee_pose", "joints", "priv", "image", "task")
 # Sources that hold until replaced: never stale, and need not be new for the next action.
 HELD_SOURCES: tuple[str, ...] = ("task",)
 # Why ``act`` held still instead of acting.
-HOLD_REASONS: tuple[str, ...] = ("missing", "stale", "unchanged", "error")
+HOLD_REASONS: tuple[str, ...] = ("missing", "stale", "unchanged", "unsynced", "error")
 
 
 def needed_sources(obs: ObsSpec) -> tuple[str, ...]:
@@ -183,8 +185,9 @@ class PolicyRunner:
     """Runs a policy checkpoint on the newest observations; hot-swaps its weights.
 
     ``act(now_ns)`` computes one action from the observation rows held in :attr:`observations`
-    when all needed sources are present, fresh (not older than ``max_obs_age_s``) and new since
-    the last action; otherwise it returns None and counts the reason in :attr:`held`.
+    when all needed sources are present, fresh (not older than ``max_obs_age_s``), new since
+    the last action and, with ``max_spread_s``, stamped within that of each other; otherwise it
+    returns None and counts the reason in :attr:`held`.
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class PolicyRunner:
         *,
         device: str | torch.device = "cpu",
         max_obs_age_s: float = 0.3,
+        max_spread_s: float | None = None,
         deterministic: bool = True,
         version: int = 0,
         tasks: Sequence[str] = (),
@@ -201,12 +205,16 @@ class PolicyRunner:
         if not (math.isfinite(max_obs_age_s) and max_obs_age_s > 0):
             msg = f"max_obs_age_s must be a positive number of seconds, got {max_obs_age_s}"
             raise PolicyError(msg)
+        if max_spread_s is not None and not (math.isfinite(max_spread_s) and max_spread_s >= 0):
+            msg = f"max_spread_s must be >= 0 seconds or None, got {max_spread_s}"
+            raise PolicyError(msg)
         self.tasks = tuple(tasks)  # task i of a start event -> one-hot i (reset-free policies)
         check_tasks(obs.state_keys, self.tasks)
         self.task = ""  # the task of the newest start event ("" = none yet)
         self.spec = obs
         self.device = torch.device(device)
         self.max_obs_age_ns = int(max_obs_age_s * 1e9)
+        self.max_spread_ns = None if max_spread_s is None else int(max_spread_s * 1e9)
         self.deterministic = deterministic
         self.observations = LatestObservations(obs)
         algo, _ = load_checkpoint(checkpoint_path, device=self.device)
@@ -312,6 +320,15 @@ class PolicyRunner:
         same = [s for s in sources if self._used.get(s) == stamps[s]]
         if same:
             return "unchanged", f"{same} not new since the last action"
+        if self.max_spread_ns is not None and sources:
+            newest = max(stamps[s] for s in sources)
+            behind = [s for s in sources if newest - stamps[s] > self.max_spread_ns]
+            if behind:
+                lags = {s: round((newest - stamps[s]) / 1e9, 3) for s in behind}
+                return (
+                    "unsynced",
+                    f"{lags} s behind the newest source > {self.max_spread_ns / 1e9} s",
+                )
         return None
 
     def observe(self, rows: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

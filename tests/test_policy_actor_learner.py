@@ -76,7 +76,13 @@ def test_runner_acts_only_on_fresh_changed_observations(ckpt: Path) -> None:
     assert runner.held["stale"] == 1 and "ages" in runner.last_hold
     assert runner.act(t0 + 250 * MS) is not None
     assert runner.acted == 2
-    assert runner.status()["held"] == {"missing": 1, "stale": 1, "unchanged": 2, "error": 0}
+    assert runner.status()["held"] == {
+        "missing": 1,
+        "stale": 1,
+        "unchanged": 2,
+        "unsynced": 0,
+        "error": 0,
+    }
 
 
 def test_asking_whether_an_action_is_ready_counts_no_hold(ckpt: Path) -> None:
@@ -92,6 +98,28 @@ def test_asking_whether_an_action_is_ready_counts_no_hold(ckpt: Path) -> None:
     assert sum(runner.held.values()) == 0
     assert runner.act(t0 + 100 * MS) is None and runner.held["unchanged"] == 1
     assert "not new since the last action" in runner.last_hold
+
+
+def test_a_mix_of_two_states_waits_for_the_rest_of_the_new_one(ckpt: Path) -> None:
+    """The twin publishes joints, pose and privileged state of one step a millisecond apart. An
+    action on the new joints and pose with the previous step's privileged state would be one
+    state late, and every later one too (the actor locks into that phase): with max_spread_s
+    the actor waits for the new privileged state."""
+    runner = PolicyRunner(ckpt, OBS, max_obs_age_s=0.3, max_spread_s=0.05)
+    obs, t0 = runner.observations, 10 * SEC
+    feed(runner, t0)
+    assert runner.act(t0 + 5 * MS) is not None
+    priv = {"cube_pos": np.array([0.5, 0.1, 0.02])}
+    obs.update_privileged(priv, t0 + 100 * MS)  # step k+1 arrives: privileged state first
+    obs.update_ee_pose(np.array([0.5, 0.0, 0.2, 1.0, 0.0, 0.0, 0.0]), t0 + 200 * MS)  # k+2 ...
+    obs.update_joints(np.zeros(9), np.zeros(9), t0 + 200 * MS)
+    assert runner.act(t0 + 201 * MS) is None  # all new, but priv is one step behind
+    assert runner.held["unsynced"] == 1 and "'priv': 0.1" in runner.last_hold
+    obs.update_privileged(priv, t0 + 200 * MS)  # ... and the rest of step k+2
+    action = runner.act(t0 + 202 * MS)
+    assert action is not None and action.stamp_ns == t0 + 200 * MS
+    with pytest.raises(PolicyError, match="max_spread_s"):
+        PolicyRunner(ckpt, OBS, max_spread_s=-1.0)
 
 
 def test_shape_change_mid_run_is_an_error_naming_the_key(ckpt: Path) -> None:

@@ -6,16 +6,18 @@ A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_lear
   /twinloop/ee_pose and, for ``priv_*`` state keys, the twin's /twinloop/sim/state (a String
   without a header: stamped with its ``stamp_ns`` field, the stamp of the joint state and pose
   published with it);
-- a timer at ``control_hz`` opens one action slot per period; the slot's action is computed as
-  soon as every source has a message newer than the last action's (at the tick if they already
-  have, else on the arrival that completes them) and published on /twinloop/action
-  (sensor_msgs/JointState, ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest
-  observation stamp it was computed from). Acting on arrival keeps the observation the newest
-  one whatever the phase between the timer and the sensors; acting at the tick on what was there
-  made every action one state late when the ticks fell just before the arrivals. The safety node
-  turns actions into /twinloop/safe_action; this node never publishes safe actions. A slot that
-  ends without an action (no fresh, new observations) publishes nothing (the safety watchdog
-  holds the arm) and counts why;
+- a timer at ``control_hz`` opens one action slot per period. The slot's action is computed as
+  soon as every source has a message newer than the last action's and all their stamps lie
+  within half a period of each other: at the tick if that already holds, else on the arrival
+  that makes it hold. It is published on /twinloop/action (sensor_msgs/JointState,
+  ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest observation stamp it was
+  computed from). Acting on arrival keeps the observation the newest one whatever the phase
+  between the timer and the sensors. The spread rule keeps it one state: the twin's joint
+  state, pose and privileged state arrive a millisecond apart, and acting on the first two
+  with the previous privileged state locked in, every action one state late
+  (tests/test_policy_nodes.py caught it). The safety node turns actions into
+  /twinloop/safe_action; this node never publishes safe actions. A slot that ends without an
+  action publishes nothing (the safety watchdog holds the arm) and counts why;
 - a reset-free policy (``task_onehot`` in ``state_keys``) is conditioned on the task of the
   newest ``start`` event on ``episode_topic`` (the one-hot of its index in ``tasks``); before the
   first one it holds still (counted as ``missing``), a start event of an unknown task is logged
@@ -138,6 +140,7 @@ class PolicyNode(Node):
             cfg.obs_spec(),
             device=cfg.device,
             max_obs_age_s=cfg.max_obs_age_s,
+            max_spread_s=0.5 / cfg.control_hz,
             deterministic=cfg.deterministic,
             tasks=cfg.tasks,
         )
