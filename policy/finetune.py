@@ -31,7 +31,6 @@ reward audit in ``summary.json``).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -44,14 +43,22 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PolicyError
+from .finetune_summary import (
+    node_rates,
+    pick_versions,
+    read_records,
+    reset_free_summary,
+    reward_audit,
+)
 
 __all__ = [
     "ALGOS",
     "FinetuneConfig",
-    "add_command",
-    "cmd_finetune",
+    "merge_task_stores",
     "pick_versions",
+    "reward_audit",
     "run_finetune",
+    "twin_camera_size",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +70,7 @@ CURVE = "learning_curve.png"
 RESULTS = "runner.jsonl"
 
 
-def _out(text: str) -> None:
+def say(text: str) -> None:
     """User-facing stage lines (the CLI's output; library callers get them logged too)."""
     log.debug("%s", text)
     sys.stdout.write(text + "\n")
@@ -436,18 +443,6 @@ def build_graph(
     return graph.with_overrides(cfg.overrides)
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # a line still being written
-    return out
-
-
 def _online(cfg: FinetuneConfig, graph: Any, results: Path, logs: Path) -> dict[str, Any]:
     """Run the graph until the runner ends it; the episode records, exit codes and wall time."""
     from tqdm import tqdm
@@ -463,7 +458,7 @@ def _online(cfg: FinetuneConfig, graph: Any, results: Path, logs: Path) -> dict[
         deadline = time.monotonic() + cfg.timeout_s
         while code is None and time.monotonic() < deadline:
             code = procs.wait(timeout=0.5)
-            episodes = [r for r in _read_records(results) if r.get("kind") == "episode"]
+            episodes = [r for r in read_records(results) if r.get("kind") == "episode"]
             for rec in episodes[shown:]:
                 bar.update(1)
                 wins = sum(r["success"] for r in episodes[: episodes.index(rec) + 1])
@@ -480,15 +475,6 @@ def _online(cfg: FinetuneConfig, graph: Any, results: Path, logs: Path) -> dict[
         "returncodes": codes,
         "wall_s": time.perf_counter() - t0,
     }
-
-
-def pick_versions(versions: Sequence[int], most: int) -> list[int]:
-    """At most ``most`` versions evenly spaced over ``versions`` (sorted), always with the last."""
-    ordered = sorted(set(versions))
-    if len(ordered) <= most + 1:
-        return ordered
-    idx = {round(i * (len(ordered) - 1) / most) for i in range(most)}
-    return sorted({ordered[i] for i in idx} | {ordered[-1]})
 
 
 def _evaluate_versions(
@@ -523,105 +509,11 @@ def _evaluate_versions(
                 out[-1]["success_rate_backward"] = back.success_rate
                 text = (f"{cfg.tasks[0]} success {result.success_rate:.0%}, {cfg.tasks[1]} "
                         f"success {back.success_rate:.0%}")  # fmt: skip
-            _out(f"[finetune]   v{version} ({env_steps} env steps, {updates} updates): {text}")
+            say(f"[finetune]   v{version} ({env_steps} env steps, {updates} updates): {text}")
     finally:
         for e in envs:
             e.close()
     return out
-
-
-def _reset_free_summary(
-    cfg: FinetuneConfig, episodes: list[dict[str, Any]], final: dict[str, Any] | None
-) -> dict[str, Any] | None:
-    """Per-task episodes and successes, switches and full resets of a reset-free run."""
-    if not cfg.reset_free:
-        return None
-    runner = (final or {}).get("runner") or {}
-    return {
-        "tasks": list(cfg.tasks),
-        "reset_every": cfg.reset_every,
-        "episodes": {t: sum(r.get("task") == t for r in episodes) for t in cfg.tasks},
-        "successes": {
-            t: sum(bool(r["success"]) and r.get("task") == t for r in episodes) for t in cfg.tasks
-        },
-        "switches": runner.get("switches"),
-        "resets": runner.get("resets"),
-    }
-
-
-def reward_audit(episodes: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The learned reward's verdicts on the online episodes against the twin's own success
-    (episodes whose record has ``true_success``), overall and per task; None without any."""
-    known = [r for r in episodes if "true_success" in r]
-    if not known:
-        return None
-
-    def counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
-        flagged = sum(bool(r["success"]) for r in rows)
-        true = sum(bool(r["true_success"]) for r in rows)
-        # how far the twin's task progress (0..1) was when the reward wrongly called success
-        near = sorted(float(r["true_progress"]) for r in rows
-                      if r["success"] and not r["true_success"] and "true_progress" in r)  # fmt: skip
-        return {
-            "episodes": len(rows),
-            "flagged_successes": flagged,
-            "true_successes": true,
-            "false_success": sum(bool(r["success"]) and not r["true_success"] for r in rows),
-            "missed": sum(bool(r["true_success"]) and not r["success"] for r in rows),
-            "agreement": round(
-                sum(bool(r["success"]) == bool(r["true_success"]) for r in rows) / len(rows), 4
-            ),
-            "false_success_progress_median": round(near[len(near) // 2], 3) if near else None,
-        }
-
-    tasks = sorted({str(r.get("task", "")) for r in known} - {""})
-    out = counts(known)
-    if len(tasks) > 1:
-        out["per_task"] = {t: counts([r for r in known if r.get("task") == t]) for t in tasks}
-    return out
-
-
-def _node_rates(final: dict[str, Any] | None) -> dict[str, Any]:
-    if not final:
-        return {}
-    policy, learner = final.get("policy") or {}, final.get("learner") or {}
-    return {
-        "policy_rate_hz": policy.get("rate_hz"),
-        "policy_action_rate_hz": policy.get("action_rate_hz"),
-        "policy_jitter_ms": policy.get("jitter_ms"),
-        "policy_held": policy.get("held"),
-        "policy_swaps": policy.get("swaps"),
-        "learner_updates_per_s": learner.get("updates_per_s"),
-        "learner_busy_updates_per_s": learner.get("busy_updates_per_s"),
-        "learner_updates": learner.get("updates"),
-        "learner_env_steps": learner.get("env_steps"),
-        **_reward_rates(final.get("reward")),
-        **_safety_counts(final.get("safety")),
-    }
-
-
-def _reward_rates(reward: dict[str, Any] | None) -> dict[str, Any]:
-    """reward_node's rates and latency (frame stamp -> reward published), when it ran."""
-    if not reward:
-        return {}
-    latency, forward = reward.get("latency_ms") or {}, reward.get("forward_ms") or {}
-    return {
-        "reward_input_hz": reward.get("input_hz"),
-        "reward_output_hz": reward.get("output_hz"),
-        "reward_latency_p50_ms": latency.get("p50"),
-        "reward_latency_p99_ms": latency.get("p99"),
-        "reward_forward_p50_ms": forward.get("p50"),
-        "reward_frames": reward.get("received"),
-        "reward_skipped": reward.get("skipped"),
-        "reward_failed": reward.get("failed"),
-    }
-
-
-def _safety_counts(safety: dict[str, Any] | None) -> dict[str, Any]:
-    """safety_node's counters (actions passed, clipped, refused) and whether an e-stop latched."""
-    if not safety:
-        return {}
-    return {"safety_counts": safety.get("counts"), "safety_estop": safety.get("estop_latched")}
 
 
 # ----- the pipeline ----------------------------------------------------------------------------
@@ -653,35 +545,35 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     walls: dict[str, float] = {}
     t_all = time.perf_counter()
 
-    _out(f"[finetune] run dir {out}")
+    say(f"[finetune] run dir {out}")
     t0 = time.perf_counter()
     demos = _record_demos(cfg, paths["demos"], twin_camera_size(first))
     walls["demos"] = time.perf_counter() - t0
-    _out(f"[finetune] stage 1/5 demos: {demos['episodes']} scripted {' + '.join(cfg.tasks)} episodes, "
+    say(f"[finetune] stage 1/5 demos: {demos['episodes']} scripted {' + '.join(cfg.tasks)} episodes, "
          f"{demos['steps']} steps, success {demos['success_rate']:.0%} ({walls['demos']:.1f} s)")  # fmt: skip
 
     t0 = time.perf_counter()
     offline, checkpoint = _offline(cfg, paths["demos"], obs, paths["offline"])
     walls["offline"] = time.perf_counter() - t0
-    _out(f"[finetune] stage 2/5 offline {cfg.algo}: {cfg.offline_steps} updates, success "
+    say(f"[finetune] stage 2/5 offline {cfg.algo}: {cfg.offline_steps} updates, success "
          f"{offline.final_success:.0%} ({walls['offline']:.1f} s)")  # fmt: skip
 
     graph = build_graph(cfg, obs=obs, checkpoint=checkpoint, dataset=paths["demos"],
                         online_dir=paths["online"], results=paths["results"],
                         reward_type=reward_type)  # fmt: skip
-    _out(f"[finetune] stage 3/5 online on the graph ({', '.join(graph.names)}): "
+    say(f"[finetune] stage 3/5 online on the graph ({', '.join(graph.names)}): "
          f"{cfg.online_episodes} episodes, logs in {paths['logs']}")  # fmt: skip
     online = _online(cfg, graph, paths["results"], paths["logs"])
     walls["online"] = online["wall_s"]
-    records = _read_records(paths["results"])
+    records = read_records(paths["results"])
     episodes = [r for r in records if r.get("kind") == "episode"]
     final = next((r for r in reversed(records) if r.get("kind") == "final"), None)
     wins = sum(bool(r["success"]) for r in episodes)
-    _out(f"[finetune]   online: {len(episodes)} episodes, {wins} successes, graph exit "
+    say(f"[finetune]   online: {len(episodes)} episodes, {wins} successes, graph exit "
          f"{online['exit_code']} ({walls['online']:.1f} s)")  # fmt: skip
     audit = reward_audit(episodes)
     if audit:
-        _out(f"[finetune]   reward audit: the twin agrees on {audit['agreement']:.0%} of "
+        say(f"[finetune]   reward audit: the twin agrees on {audit['agreement']:.0%} of "
              f"{audit['episodes']} online episodes ({audit['false_success']} false successes, "
              f"{audit['missed']} missed)")  # fmt: skip
 
@@ -689,7 +581,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
     versions = _evaluate_versions(cfg, obs, paths["online"], records)
     walls["eval"] = time.perf_counter() - t0
     last = versions[-1] if versions else None
-    _out(f"[finetune] stage 4/5 eval: {len(versions)} published versions, last "
+    say(f"[finetune] stage 4/5 eval: {len(versions)} published versions, last "
          + (f"v{last['version']} success {last['success_rate']:.0%}" if last else "none")
          + f" ({walls['eval']:.1f} s)")  # fmt: skip
 
@@ -717,8 +609,12 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         "versions": versions,
         "evals": [dataclasses.asdict(e) for e in evals],
         "graph": {k: v for k, v in online.items() if k != "wall_s"},
-        "node_rates": _node_rates(final),
-        "reset_free": _reset_free_summary(cfg, episodes, final),
+        "node_rates": node_rates(final),
+        "reset_free": (
+            reset_free_summary(cfg.tasks, cfg.reset_every, episodes, final)
+            if cfg.reset_free
+            else None
+        ),
         "reward_audit": reward_audit(episodes),
         "wall_s": {k: round(v, 2) for k, v in walls.items()},
         "learning_curve": str(curve),
@@ -728,118 +624,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict[str, Any]:
         },
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2, default=str))
-    _out(f"[finetune] stage 5/5 report: success offline {offline.final_success:.0%} -> online "
+    say(f"[finetune] stage 5/5 report: success offline {offline.final_success:.0%} -> online "
          + (f"{last['success_rate']:.0%}" if last else "n/a")
          + f"; curve {curve}; summary {out / SUMMARY} ({walls['total']:.0f} s in all)")  # fmt: skip
     return summary
-
-
-# ----- the command -----------------------------------------------------------------------------
-QUICK = {"demos": 3, "offline_steps": 200, "online_episodes": 4, "eval_episodes": 3,
-         "offline_evals": 2, "batch_size": 128, "min_online": 10}  # fmt: skip
-
-
-def config_from_args(args: argparse.Namespace) -> FinetuneConfig:
-    values: dict[str, Any] = {}
-    defaults = QUICK if args.quick else {}
-    for name in ("demos", "offline_steps", "online_episodes", "eval_episodes"):
-        given = getattr(args, name)
-        if given is not None:
-            values[name] = given
-        elif name in defaults:
-            values[name] = defaults[name]
-    for name in ("offline_evals", "batch_size", "min_online"):
-        if name in defaults:
-            values[name] = defaults[name]
-    out = (
-        Path(args.out)
-        if args.out
-        else Path("runs") / (time.strftime("%Y%m%d-%H%M%S") + "_finetune")
-    )
-    return FinetuneConfig(
-        out=out,
-        task=args.task,
-        profile=args.profile,
-        algo=args.algo,
-        reward=args.reward,
-        utd=args.utd,
-        realtime=args.realtime,
-        seed=args.seed,
-        timeout_s=args.timeout,
-        overrides=tuple(args.set),
-        progress=not args.no_progress,
-        reset_free=args.reset_free,
-        reset_every=args.reset_every,
-        success_frames=args.success_frames,
-        **values,
-    )
-
-
-def cmd_finetune(args: argparse.Namespace) -> int:
-    import torch
-
-    torch.set_num_threads(max(1, args.threads))
-    summary = run_finetune(config_from_args(args))
-    graph = summary["graph"]
-    if graph["exit_code"] != 0:
-        _out(f"[finetune] FAILED: the online graph ended with {graph['exit_code']} "
-             f"({graph['ended_by']}); see the logs")  # fmt: skip
-        return 1
-    if not summary["versions"]:
-        _out("[finetune] FAILED: the learner published no weights (too few online steps?)")
-        return 1
-    return 0
-
-
-def add_command(sub: Any) -> None:
-    """Add ``finetune`` to the ``twinloop`` sub-commands."""
-    p = sub.add_parser(
-        "finetune",
-        help="scripted demos -> offline pre-training -> online fine-tuning on the twin graph",
-        description="Scripted demos -> offline pre-training -> online fine-tuning on the twin graph. Writes <out>/learning_curve.png and summary.json.",
-        epilog="--quick (make demo): 3 demos, 200 offline updates, 4 online episodes, 3 eval "
-        "episodes: about 45 s on a 2-core CPU. Bad input: one error line, exit 2.",
-    )
-    p.add_argument(
-        "--profile",
-        default="sim",
-        help="graph profile: graph_finetune_<profile>.yaml (default: sim)",
-    )
-    p.add_argument("--task", default="open_drawer", help="twin task (default: open_drawer)")
-    p.add_argument("--demos", type=int, default=None, help="scripted demos (default 20; quick 3)")
-    p.add_argument("--offline-steps", type=int, default=None,
-                   help="offline gradient updates (default 5000; quick 200)")  # fmt: skip
-    p.add_argument("--online-episodes", type=int, default=None,
-                   help="episodes on the graph (default 20; quick 4)")  # fmt: skip
-    p.add_argument("--algo", default="calql", help=f"one of {', '.join(ALGOS)} (default: calql)")
-    p.add_argument("--reward", default="true",
-                   help="true: the twin's success (-1/0); model:PATH: a twinloop.vlm_reward "
-                   "checkpoint run by reward_node; with --reset-free one per task: "
-                   "model:open_drawer=A.safetensors,close_drawer=B.safetensors (default: true)")  # fmt: skip
-    p.add_argument("--success-frames", type=int, default=3,
-                   help="with a learned reward: success flags in a row that end an online "
-                   "episode (default 3: 0.3 s at 10 Hz; docs/finetune.md has the measurement)")  # fmt: skip
-    p.add_argument("--eval-episodes", type=int, default=None,
-                   help="episodes per evaluation, fixed seeds (default 10; quick 3)")  # fmt: skip
-    p.add_argument(
-        "--utd", type=float, default=1.0, help="learner updates per env step (default 1)"
-    )
-    p.add_argument("--out", default=None, help="run directory (default runs/<timestamp>_finetune)")
-    p.add_argument("--quick", action="store_true", help="the small budget of make demo")
-    p.add_argument("--realtime", action=argparse.BooleanOptionalAction, default=True,
-                   help="the twin in real time at 10 Hz (default; --no-realtime is refused: "
-                   "see docs/finetune.md)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of demos, training and episodes")
-    p.add_argument("--timeout", type=float, default=1800.0, help="give up on the graph after N s")
-    p.add_argument("--threads", type=int, default=1, help="torch threads in this process")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                   help="override a graph node parameter, e.g. learner.utd=2.0 (repeatable)")  # fmt: skip
-    p.add_argument("--reset-free", action="store_true",
-                   help="RoboFuME reset-free: the task and its backward task (TASK_PAIRS) take "
-                   "turns on success, one policy conditioned on task_onehot; with a learned "
-                   "reward, give one model per task in --reward")  # fmt: skip
-    p.add_argument("--reset-every", type=int, default=10,
-                   help="--reset-free: a full twin reset every N online episodes (default 10; "
-                   "0 = only the first)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_finetune)

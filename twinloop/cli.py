@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_commands(tr_sub)
 
-    from twinloop.policy.finetune import add_command as add_finetune_command
+    from twinloop.policy.finetune_cli import add_command as add_finetune_command
 
     add_finetune_command(sub)
 
