@@ -82,7 +82,10 @@ def test_finetune_robot_profile() -> None:
     assert graph.names == ("camera", "arm_bridge", "safety", "teleop", "reward", "policy",
                            "learner", "episode_runner", "live_view")  # fmt: skip
     assert graph.node("safety").required and graph.node("arm_bridge").required
-    assert graph.node("safety").parameters == load_graph("robot").node("safety").parameters
+    # the robot profile's limits, and every action source (the policy too) needs the deadman
+    safety = dict(graph.node("safety").parameters)
+    assert safety.pop("deadman_sources") == ("*",)
+    assert safety == load_graph("robot").node("safety").parameters
     runner = graph.node("episode_runner").parameters
     assert graph.node("episode_runner").required
     assert runner["reset_service"] == "" and runner["success_source"] == "reward"
@@ -91,7 +94,7 @@ def test_finetune_robot_profile() -> None:
     for name in ("policy", "learner"):  # robot policies see images, no privileged state
         params = graph.node(name).parameters
         assert params["image_key"] == "image_color" and params["state_keys"] == ("proprio",)
-    assert graph.node("teleop").parameters["idle_publish"] is False
+    assert graph.node("teleop").parameters["publish_actions"] is False  # supervises only
     assert "twin" not in graph.names
 
 

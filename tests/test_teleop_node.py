@@ -195,6 +195,75 @@ def test_gamepad_moves_only_with_lb_and_publishes_episode_events(probe: GraphPro
     assert "gripper toggle ignored" in logs
 
 
+def test_a_supervising_gamepad_gates_the_policy_and_sends_no_action(probe: GraphProbe) -> None:
+    """publish_actions false + safety_node deadman_sources ["*"] (graph_finetune_robot.yaml):
+    the policy's actions reach the arm only while LB is held; the teleop sends no action of
+    its own, sticks or not, and its buttons still give the episode events."""
+    import math
+
+    from geometry_msgs.msg import PoseStamped
+    from twinloop_ros.conversions import action_to_msg, joint_state_to_msg, pose_to_msg
+    from twinloop_ros.node_utils import COMMAND_QOS
+
+    from twinloop.graph import load_graph
+
+    safety = load_graph("sim").node("safety").with_parameters({"deadman_sources": ["*"]})
+    teleop = SPEC.with_parameters({"device": "gamepad", "publish_actions": False})
+    listener = Listener(probe)
+    safe: list[JointState] = probe.collect(JointState, "/twinloop/safe_action")
+    joy = probe.publisher(Joy, "/joy", SENSOR_QOS)
+    joints = probe.publisher(JointState, "/joint_states", SENSOR_QOS)
+    pose = probe.publisher(PoseStamped, "/twinloop/ee_pose", SENSOR_QOS)
+    actions = probe.publisher(JointState, "/twinloop/action", COMMAND_QOS)
+    home = [0.0, -0.3, 0.0, -2.2, 0.0, 1.9, math.pi / 4]
+
+    def policy_step(buttons: tuple[int, ...], seconds: float) -> list[np.ndarray]:
+        """The arm's state, the gamepad and one policy action (+1 cm x) at 10 Hz; the safe
+        actions that came back."""
+        start = len(safe)
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            stamp = probe.node.get_clock().now().to_msg()
+            joints.publish(
+                joint_state_to_msg([f"joint{i}" for i in range(1, 8)], home, stamp=stamp)
+            )
+            pose.publish(pose_to_msg([0.5, 0.0, 0.3], [0.0, 1.0, 0.0, 0.0], stamp=stamp))
+            joy.publish(_joy(*buttons, ly=1.0))  # the stick pushed all the time
+            msg = action_to_msg([0.01, 0.0, 0.0, 0.0, 1.0], stamp=stamp)
+            msg.header.frame_id = "policy"
+            actions.publish(msg)
+            probe.spin_for(0.1)
+        return [np.array(m.position) for m in safe[start:]]
+
+    graph = Graph(profile="supervise_test", nodes=(teleop, safety))
+    lines: list[str] = []
+    output = lambda name, line: lines.append(f"[{name}] {line}")  # noqa: E731
+    with GraphProcesses(graph, env=ros_env(DOMAIN_ID), output=output) as procs:
+        gated = "deadman not held for a 'policy' action"
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (any(gated in line for line in lines) and joy.get_subscription_count() > 0):
+            assert time.monotonic() < deadline, "\n".join(lines[-20:])  # both nodes are up
+            policy_step((), 0.2)
+        # released: the safety layer passes nothing that moves the arm (the arm holds)
+        released = policy_step((), 1.5)
+        assert not any(a[:4].any() for a in released), released
+        policy_step((LB,), 0.5)
+        held = policy_step((LB,), 1.0)
+        assert len(held) >= 5, "\n".join(lines[-20:])
+        np.testing.assert_allclose(held[-1], [0.01, 0, 0, 0, 1.0])
+        policy_step((), 0.5)
+        again = policy_step((), 1.0)
+        assert not any(a[:4].any() for a in again), again
+        _pump(probe, [(joy, _joy(UP))], 0.25)  # start: an episode event, no reset service
+        _pump(probe, [(joy, _joy())], 0.5)
+        assert procs.poll() is None
+        logs = procs.logs("teleop")
+    teleop_actions = [m for m in listener.actions if m.header.frame_id == "teleop"]
+    assert teleop_actions == [], f"{len(teleop_actions)} teleop actions while supervising"
+    assert [e["event"] for e in listener.payloads()] == ["start"]
+    assert "supervising with gamepad" in logs and "no actions" in logs
+
+
 # ----- SpaceMouse ----------------------------------------------------------------------------
 def _twist(lin: tuple[float, float, float], ang: tuple[float, float, float]) -> Twist:
     msg = Twist()
@@ -389,6 +458,7 @@ def test_keyboard_keys_in_a_terminal_drive_and_label_episodes(
         (["device:=joystick"], "unknown device 'joystick'. Available"),
         (["device:=gamepad", "gamepad.axes:=[0, 1]"], "axes must be 4 indices"),
         (["device:=gamepad", "max_translation:=0.5"], "max_translation must be in"),
+        (["publish_actions:=false"], "needs a deadman button: use device spacemouse or gamepad"),
     ],
 )
 def test_bad_start_exits_2_with_the_reason(params: list[str], match: str) -> None:

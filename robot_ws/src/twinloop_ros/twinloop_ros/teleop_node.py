@@ -20,6 +20,11 @@ Devices (``device`` parameter):
 With a SpaceMouse or gamepad the terminal (when stdin is one) also gives the episode keys.
 Nothing moves without the deadman; input older than ``input_timeout_s`` stops motion. Bad
 messages are logged (throttled), counted and dropped. See docs/teleop.md.
+
+Supervising a policy (``publish_actions: false``): the node publishes no action at all, only
+/twinloop/deadman (True while the deadman is held and the device streams) and the episode
+events. With safety_node's ``deadman_sources: ["*"]`` the policy's actions then reach the arm
+only while the operator holds the deadman (graph_finetune_robot.yaml).
 """
 
 from __future__ import annotations
@@ -81,6 +86,8 @@ class TeleopNodeConfig:
     task: str = ""  # task text added to start events
     first_episode: int = 0  # number of the first episode
     idle_publish: bool = True  # zero actions while the deadman is released; False: one, then none
+    # False: supervise a policy: the deadman and the episode buttons only, never an action
+    publish_actions: bool = True
     keyboard_events: bool = True  # spacemouse/gamepad: also read episode keys from the terminal
     tty: str = ""  # terminal to read keys from ("" = stdin), e.g. /dev/pts/3
     spacemouse_source: str = "topic"  # topic (spacenav driver) | pyspacemouse (HID, no driver)
@@ -103,6 +110,12 @@ class TeleopNodeConfig:
             raise RosAdapterError(msg)
         if self.first_episode < 0:
             msg = f"first_episode must be >= 0, got {self.first_episode}"
+            raise RosAdapterError(msg)
+        if not self.publish_actions and self.device == "keyboard":
+            msg = (
+                "publish_actions false (supervising a policy) needs a deadman button: use device "
+                "spacemouse or gamepad (a keyboard's motion keys are its only deadman)"
+            )
             raise RosAdapterError(msg)
 
 
@@ -264,6 +277,12 @@ class TeleopNode(Node):
             self._open_event_keys(kb, joy_cfg)
         if self._terminal is not None:
             self.create_timer(1.0 / KEY_POLL_HZ, self._read_keys)
+        if not cfg.publish_actions:
+            self.get_logger().info(
+                f"supervising with {cfg.device} at {cfg.control_hz} Hz, operator "
+                f"{self._operator!r}: deadman and episode buttons only, no actions"
+            )
+            return
         self.get_logger().info(
             f"teleop with {cfg.device} at {cfg.control_hz} Hz, operator {self._operator!r}; "
             f"max {self._mapper.config.max_translation} m and {self._mapper.config.max_yaw} rad "
@@ -378,14 +397,17 @@ class TeleopNode(Node):
         if sample.stale:
             self.get_logger().warning(
                 f"deadman engaged but no {self.cfg.device} input for more than "
-                f"{self._mapper.config.input_timeout_s} s: not moving",
+                f"{self._mapper.config.input_timeout_s} s: "
+                + ("not moving" if self.cfg.publish_actions else "the deadman reads released"),
                 throttle_duration_sec=2.0,
             )
         ignored = self._mapper.ignored_toggles
         action = self._mapper(sample)
-        if self._mapper.ignored_toggles > ignored:
+        if self._mapper.ignored_toggles > ignored and self.cfg.publish_actions:
             self.get_logger().info("gripper toggle ignored: engage the deadman first")
         self._deadman_pub.publish(Bool(data=bool(sample.deadman and not sample.stale)))
+        if not self.cfg.publish_actions:
+            return
         if sample.deadman or self.cfg.idle_publish or self._was_moving:
             msg = action_to_msg(action, stamp=self.get_clock().now().to_msg())
             msg.header.frame_id = FRAME_ID
