@@ -23,13 +23,15 @@ from twinloop.vlm_reward.base import (
     read_checkpoint_header,
     save_reward_model,
 )
+from twinloop.vlm_reward.classifier_data import (
+    calibrate_threshold,
+    classifier_labels,
+    split_episodes,
+)
 from twinloop.vlm_reward.errors import RewardError
 from twinloop.vlm_reward.success_classifier import (
     ClassifierConfig,
     SuccessClassifier,
-    calibrate_threshold,
-    classifier_labels,
-    split_episodes,
     train_classifier,
 )
 

@@ -66,8 +66,9 @@ def _fmt_rate(value: float | None) -> str:
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
     from .base import save_reward_model
+    from .classifier_data import open_image_store, split_episodes
     from .errors import RewardError
-    from .success_classifier import open_image_store, split_episodes, train_classifier
+    from .success_classifier import train_classifier
 
     try:
         out = Path(args.out)

@@ -1,21 +1,21 @@
 """RoboFuME-style success classifier: frames in, success probability out, sparse reward on top.
 
 Training data come from an EpisodeStore whose episodes carry a ``success`` flag in their metadata
-(:func:`classifier_labels`): the last ``k_last`` frames of a successful episode are positives, the
-frames in the first ``early_fraction`` of a successful episode and every frame of a failed episode
-are negatives, the rest are not used. Two backbones:
+(:func:`~.classifier_data.classifier_labels`): the last ``k_last`` frames of a successful episode
+are positives, the frames in the first ``early_fraction`` of a successful episode and every frame of
+a failed episode are negatives, the rest are not used. Two backbones:
 
 * ``cnn``: the small :class:`~twinloop.vlm_reward.cnn.ImageScorer` trained from scratch (CPU-able);
 * ``open_clip``: an open_clip image tower (frozen, or with its last ``finetune_last_blocks``
   transformer blocks trained) under a small MLP head, as RoboFuME fine-tunes a VLM.
 
-Frames are squashed to the backbone's square input (the whole view is kept, no centre crop).
-Classes are balanced by sampling half of every batch from each. After training, the decision
-threshold is calibrated on the held-out episodes (:func:`calibrate_threshold`): the lowest
+Frames are squashed to the backbone's square input (the whole view is kept, no centre crop). Classes
+are balanced by sampling half of every batch from each. After training, the decision threshold is
+calibrated on the held-out episodes (:func:`~.classifier_data.calibrate_threshold`): the lowest
 threshold, not below ``min_threshold``, at which at most ``target_fpr`` of their negative-labelled
-frames are called successes. RoboFuME trades recall for few false positives because a false
-success ends an episode early and rewards failure. The classifier can only learn what the camera
-shows: in the twin's default view the pusher hides the cube at the moment of success.
+frames are called successes. RoboFuME trades recall for few false positives because a false success
+ends an episode early and rewards failure. The classifier can only learn what the camera shows: in
+the twin's default view the pusher hides the cube at the moment of success.
 
 Reward (``reward_mode``): ``neg_one_zero`` gives -1 per step and 0 on success (the episode should
 terminate then; RoboFuME), ``zero_one`` gives 1 on success and 0 otherwise.
@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -39,6 +37,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import RewardBatch, RewardOutput, check_frames
+from .classifier_data import (
+    _cache_frames,
+    _check_episodes,
+    _episode_success,
+    _goal_frames,
+    _progress,
+    calibrate_threshold,
+    classifier_labels,
+    open_image_store,
+)
 from .cnn import ConvEncoderConfig, ImageScorer, augment, to_tensor
 from .errors import RewardError
 
@@ -52,10 +60,6 @@ __all__ = [
     "REWARD_MODES",
     "ClassifierConfig",
     "SuccessClassifier",
-    "calibrate_threshold",
-    "classifier_labels",
-    "open_image_store",
-    "split_episodes",
     "train_classifier",
 ]
 
@@ -64,7 +68,6 @@ log = logging.getLogger(__name__)
 BACKBONES = ("cnn", "open_clip")
 REWARD_MODES = ("neg_one_zero", "zero_one")
 _CHUNK = 128  # frames per forward pass at inference and while caching
-_READ_ROWS = 64  # store rows read per block while caching frames
 
 
 @dataclass(frozen=True)
@@ -364,141 +367,7 @@ def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-# ----- labels, splits, calibration ------------------------------------------------------------
-def _episode_success(store: EpisodeStore, i: int) -> bool | None:
-    value = store.episode_meta(i).get("success")
-    return None if value is None else bool(value)
-
-
-def classifier_labels(
-    store: EpisodeStore, episodes: Iterable[int], k_last: int, early_fraction: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Global store rows and their labels (bool, True = success) for training.
-
-    A successful episode (metadata ``success`` true) of n frames gives its last ``min(k_last, n)``
-    frames as positives and its first ``min(floor(early_fraction * n), n - k_last)`` frames as
-    negatives; the frames in between are left out (their label is unknown). Every frame of a
-    failed episode is a negative. Episodes whose success is unknown (None) are skipped with a
-    warning. Rows come sorted by episode, then time.
-    """
-    if k_last < 1 or not 0.0 <= early_fraction < 1.0:
-        msg = f"need k_last >= 1 and early_fraction in [0, 1), got {k_last}, {early_fraction}"
-        raise RewardError(msg)
-    rows: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
-    for i in episodes:
-        sl = store.episode_slice(int(i))
-        n = sl.stop - sl.start
-        success = _episode_success(store, int(i))
-        if success is None:
-            log.warning("episode %d has no success flag; left out of the classifier data", i)
-            continue
-        if not success:
-            rows.append(np.arange(sl.start, sl.stop))
-            labels.append(np.zeros(n, dtype=bool))
-            continue
-        n_pos = min(k_last, n)
-        n_neg = max(0, min(math.floor(early_fraction * n), n - n_pos))
-        rows += [np.arange(sl.start, sl.start + n_neg), np.arange(sl.stop - n_pos, sl.stop)]
-        labels += [np.zeros(n_neg, dtype=bool), np.ones(n_pos, dtype=bool)]
-    if not rows:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool)
-    return np.concatenate(rows).astype(np.int64), np.concatenate(labels)
-
-
-def split_episodes(
-    store: EpisodeStore, holdout_fraction: float, seed: int = 0
-) -> tuple[list[int], list[int]]:
-    """(train, holdout) episode indices, stratified by episode success and seeded.
-
-    ``round(holdout_fraction * n)`` episodes of each class (successes, failures; at least one when
-    the fraction is > 0 and the class has two or more) go to the holdout. Episodes without a
-    success flag are left out of both.
-    """
-    if not 0.0 <= holdout_fraction < 1.0:
-        msg = f"holdout_fraction must be in [0, 1), got {holdout_fraction}"
-        raise RewardError(msg)
-    rng = np.random.default_rng(seed)
-    train: list[int] = []
-    holdout: list[int] = []
-    for flag in (True, False):
-        group = [i for i in range(store.n_episodes) if _episode_success(store, i) is flag]
-        group = [group[j] for j in rng.permutation(len(group))]
-        k = round(holdout_fraction * len(group))
-        if holdout_fraction > 0 and k == 0 and len(group) >= 2:
-            k = 1
-        holdout += group[:k]
-        train += group[k:]
-    return sorted(train), sorted(holdout)
-
-
-def calibrate_threshold(
-    negative_probs: np.ndarray, target_fpr: float, min_threshold: float = 0.0
-) -> float:
-    """The lowest threshold whose false-positive rate on ``negative_probs`` is <= ``target_fpr``.
-
-    With N negatives, m = floor(target_fpr * N) of them may be called successes. Sorting the
-    negative probabilities in decreasing order p(1) >= p(2) >= ... >= p(N), the threshold is the
-    smallest float64 strictly above p(m+1): then only negatives above p(m+1) (at most m, ties at
-    p(m+1) included in none) satisfy prob >= threshold, and any lower threshold would call at
-    least m + 1 negatives successes. The result is raised to ``min_threshold`` if below it (with
-    easy negatives the rule alone would put the threshold in the noise near p = 0, where frames
-    unlike any calibration negative pass it). A p(m+1) saturated at 1.0 cannot be excluded; the
-    threshold is then 1.0 (warned).
-    """
-    probs = np.asarray(negative_probs, dtype=np.float64).reshape(-1)
-    if probs.size == 0:
-        msg = "cannot calibrate a threshold without negative frames"
-        raise RewardError(msg)
-    if not 0.0 < target_fpr < 1.0:
-        msg = f"target_fpr must be in (0, 1), got {target_fpr}"
-        raise RewardError(msg)
-    if not np.all(np.isfinite(probs)) or probs.min() < 0.0 or probs.max() > 1.0:
-        msg = "negative_probs must be probabilities in [0, 1]"
-        raise RewardError(msg)
-    m = math.floor(target_fpr * probs.size)
-    pivot = np.sort(probs)[::-1][m]
-    threshold = float(np.nextafter(pivot, np.inf))
-    if threshold > 1.0:
-        log.warning("held-out negatives are saturated at p=1.0: the FP target is unreachable")
-        threshold = 1.0
-    return max(threshold, float(min_threshold))
-
-
 # ----- training -------------------------------------------------------------------------------
-def _cache_frames(
-    store: EpisodeStore,
-    rows: np.ndarray,
-    size: int,
-    device: torch.device,
-    bar: Any,
-) -> torch.Tensor:
-    """Store rows (sorted) -> (N, 3, size, size) uint8 on ``device``, read in contiguous blocks."""
-    images = store.array("image_color")
-    out = torch.empty((len(rows), 3, size, size), dtype=torch.uint8, device=device)
-    start = 0
-    while start < len(rows):
-        # a block: rows within _READ_ROWS of the first one (one zarr read)
-        lo = int(rows[start])
-        stop = int(np.searchsorted(rows, lo + _READ_ROWS, side="left"))
-        block = np.asarray(images[lo : int(rows[stop - 1]) + 1])
-        picked = block[rows[start:stop] - lo]
-        x = to_tensor(picked, size, device)
-        out[start:stop] = x.mul_(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
-        if bar is not None:
-            bar.update(stop - start)
-        start = stop
-    return out
-
-
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame" if "frames" in desc else "step")
-
-
 def _as_float(u8: torch.Tensor) -> torch.Tensor:
     return u8.float().div_(255.0)
 
@@ -587,35 +456,6 @@ def _rates(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
     }
 
 
-def _check_episodes(store: EpisodeStore, episodes: Sequence[int], name: str) -> list[int]:
-    out = [int(i) for i in episodes]
-    bad = [i for i in out if not 0 <= i < store.n_episodes]
-    if bad:
-        msg = f"{name} episodes {bad} out of range: the store has {store.n_episodes} episodes"
-        raise RewardError(msg)
-    if len(set(out)) != len(out):
-        msg = f"{name} episodes {out} name an episode twice"
-        raise RewardError(msg)
-    return sorted(out)
-
-
-def open_image_store(path: str | os.PathLike[str]) -> EpisodeStore:
-    """Open an episode store read-only; RewardError if it cannot be opened or has no frames."""
-    from twinloop.datasets.errors import DatasetError
-    from twinloop.datasets.store import EpisodeStore
-
-    try:
-        store = EpisodeStore.open(path, mode="r")
-    except DatasetError as err:
-        msg = f"cannot open dataset {path}: {err}"
-        raise RewardError(msg) from err
-    if "image_color" not in store.keys:
-        store.close()
-        msg = f"dataset {path} has no image_color frames (keys {store.keys})"
-        raise RewardError(msg)
-    return store
-
-
 def train_classifier(
     store_path: str | os.PathLike[str],
     config: ClassifierConfig,
@@ -634,14 +474,15 @@ def train_classifier(
     ``open_drawer`` starts from, so an ``open_drawer`` classifier that keyed on the arm's pose
     instead of the drawer would flag it. Only episode outcomes are used, as on a real robot.
 
-    Calibration (:func:`calibrate_threshold`): the threshold is the lowest one, not below
-    ``config.min_threshold``, that calls at most ``config.target_fpr`` of the negative-LABELLED
-    frames of the held-out episodes successes (:func:`classifier_labels`: every frame of a failed
-    episode and the early frames of a successful one); never the per-row truth, as on a real
-    robot where only episode outcomes are known. The report then judges the calibrated classifier on ALL held-out frames against the
-    store's per-row ``success`` (the twin's ground truth; absent in real data, then None):
-    frame-level FP rate = negatives called successes / true negatives, FN rate = positives missed
-    / true positives. Episode level: an episode is called successful if any of its frames is,
+    Calibration (:func:`~.classifier_data.calibrate_threshold`): the threshold is the lowest one,
+    not below ``config.min_threshold``, that calls at most ``config.target_fpr`` of the
+    negative-LABELLED frames of the held-out episodes successes
+    (:func:`~.classifier_data.classifier_labels`: every frame of a failed episode and the early
+    frames of a successful one); never the per-row truth, as on a real robot where only episode
+    outcomes are known. The report then judges the calibrated classifier on ALL held-out frames
+    against the store's per-row ``success`` (the twin's ground truth; absent in real data, then
+    None): frame-level FP rate = negatives called successes / true negatives, FN rate = positives
+    missed / true positives. Episode level: an episode is called successful if any of its frames is,
     against its metadata ``success``. Without holdout episodes the threshold stays as configured.
     """
     started = time.perf_counter()
@@ -686,7 +527,9 @@ def train_classifier(
         )
         hard = 0
         for extra in negatives:
-            extra_images = _goal_frames(extra, config.k_last, model, progress)
+            extra_images = _goal_frames(
+                extra, config.k_last, model.input_size, model.device, progress
+            )
             hard += len(extra_images)
             images = torch.cat([images, extra_images])
             labels = np.concatenate([labels, np.zeros(len(extra_images), dtype=bool)])
@@ -717,24 +560,6 @@ def train_classifier(
         **report,
     }
     return model, report
-
-
-def _goal_frames(
-    path: str | os.PathLike[str], k_last: int, model: SuccessClassifier, progress: bool
-) -> torch.Tensor:
-    """The last ``k_last`` frames of every successful episode of the store at ``path``."""
-    with open_image_store(path) as store:
-        rows, labels = classifier_labels(store, range(store.n_episodes), k_last, 0.0)
-        rows = rows[labels]
-        if not len(rows):
-            msg = f"negatives store {path} has no successful episode to take goal frames from"
-            raise RewardError(msg)
-        bar = _progress(len(rows), f"reading hard negatives ({Path(path).name})", progress)
-        try:
-            return _cache_frames(store, rows, model.input_size, model.device, bar)
-        finally:
-            if bar is not None:
-                bar.close()
 
 
 def _check_finetune_dtype(encoder: OpenClipEncoder | None, config: ClassifierConfig) -> None:
