@@ -84,7 +84,7 @@ def reward_audit(episodes: list[dict[str, Any]]) -> dict[str, Any] | None:
 
     tasks = sorted({str(r.get("task", "")) for r in known} - {""})
     out = counts(known)
-    if len(tasks) > 1:
+    if tasks:
         out["per_task"] = {t: counts([r for r in known if r.get("task") == t]) for t in tasks}
     return out
 

@@ -124,6 +124,29 @@ def test_report_of_a_failed_run_says_what_did_not_run(tmp_path: Path) -> None:
         assert f"<h2>{section}" in page, section
 
 
+def test_reset_free_table_when_the_backward_task_never_ran() -> None:
+    """A quick run whose offline policy never opened the drawer never switched to close_drawer:
+    the table shows open_drawer's audit and dashes for close_drawer, never n/a (a fresh-clone
+    make test saw it)."""
+    from twinloop.policy.finetune_summary import reset_free_summary, reward_audit
+
+    from twinloop.report import _reset_free_block
+
+    rows = [{"kind": "episode", "task": "open_drawer", "success": False, "true_success": False,
+             "true_progress": 0.0} for _ in range(6)]  # fmt: skip
+    tasks = ("open_drawer", "close_drawer")
+    rf = reset_free_summary(tasks, 10, rows, {"runner": {"switches": 0, "resets": 1}})
+    audit = reward_audit(rows)
+    assert audit is not None and list(audit["per_task"]) == ["open_drawer"]
+    older = {k: v for k, v in audit.items() if k != "per_task"}  # summaries before per_task
+    for given in (audit, older):
+        html = _reset_free_block({"reward_audit": given, "versions": []}, rf)
+        assert "n/a" not in html, html
+        cells = re.findall(r"<td>(.*?)</td>", html)
+        assert cells[:7] == ["<code>open_drawer</code>", "6", "0", "0", "0", "-", "0"], cells
+        assert cells[7:14] == ["<code>close_drawer</code>", "0", "0", "-", "-", "-", "-"], cells
+
+
 def test_report_and_pipeline_bad_input(tmp_path: Path) -> None:
     out = _cli(["report", str(tmp_path)], tmp_path)
     assert out.returncode == 2 and "not a pipeline run directory" in out.stderr

@@ -402,16 +402,22 @@ def _reset_free_block(s: dict[str, Any], rf: dict[str, Any]) -> str:
     """Reset-free: per-task attempts and the reward's verdicts against the twin's truth."""
     tasks = list(rf.get("tasks") or [])
     audit = s.get("reward_audit") or {}
-    per_task = audit.get("per_task") or ({tasks[0]: audit} if audit and len(tasks) == 1 else {})
+    attempts = rf.get("episodes") or {}
+    per_task = audit.get("per_task")
+    if per_task is None:  # the audit of a run where one task had every attempt
+        tried = [t for t in tasks if attempts.get(t)]
+        per_task = {tried[0]: audit} if audit and len(tried) == 1 else {}
     rows = []
     for t in tasks:
         a = per_task.get(t) or {}
         near = a.get("false_success_progress_median")
-        rows.append([f"<code>{_esc(t)}</code>", _fmt((rf.get("episodes") or {}).get(t), "d"),
-                     _fmt((rf.get("successes") or {}).get(t), "d"),
-                     _fmt(a.get("true_successes"), "d"), _fmt(a.get("false_success"), "d"),
-                     "-" if near is None else _fmt(near, ".2f"),
-                     _fmt(a.get("missed"), "d")])  # fmt: skip
+        row = [f"<code>{_esc(t)}</code>", _fmt(attempts.get(t), "d"),
+               _fmt((rf.get("successes") or {}).get(t), "d")]  # fmt: skip
+        if attempts.get(t) == 0:  # never ran (no success switched to it): nothing to audit
+            rows.append([*row, "-", "-", "-", "-"])
+            continue
+        rows.append([*row, _fmt(a.get("true_successes"), "d"), _fmt(a.get("false_success"), "d"),
+                     "-" if near is None else _fmt(near, ".2f"), _fmt(a.get("missed"), "d")])  # fmt: skip
     versions = [v for v in s.get("versions") or [] if "success_rate_backward" in v]
     vrows = [[f"v{v['version']}", _fmt(v.get("env_steps"), "d"), _pct(v.get("success_rate")),
               _pct(v.get("success_rate_backward"))] for v in versions]  # fmt: skip
