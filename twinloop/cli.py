@@ -211,10 +211,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if isinstance(hz, int | float) and not isinstance(hz, bool):  # one step per control step
             extra.append(f"recorder.fps={float(hz)}")
         if "scripted_teleop" in graph.names:
-            # It starts an episode as soon as it sees the twin's reset service; checking at 0.5 Hz
-            # gives DDS time to match the new twin's camera and joint states with the recorder.
-            extra.append("scripted_teleop.control_hz=0.5")
-            extra.append("scripted_teleop.min_event_readers=1")  # the recorder hears "start"
+            # DDS matches each topic on its own: before the first reset, the teleop waits until
+            # the recorder hears "start" and has the twin's camera and states.
+            extra.append("scripted_teleop.min_event_readers=1")
+            extra.append("scripted_teleop.recorder_status_topic=/twinloop/recorder/status")
         graph = graph.with_overrides(extra)
     graph = graph.with_overrides(args.set)
     _out(f"[demo] run dir {run}")

@@ -26,11 +26,12 @@ from twinloop.sim2real.experts import ScriptedExpert, make_expert
 
 from .conversions import action_to_msg, episode_event_to_msg, sim_state_from_msg
 from .errors import RosAdapterError
-from .node_utils import main_exit, params_from_dataclass, qos_for
+from .node_utils import COMMAND_QOS, main_exit, params_from_dataclass, qos_for
 
 __all__ = ["ScriptedTeleopConfig", "ScriptedTeleopNode", "main"]
 
 MAX_RESET_FAILURES = 3
+ACTION_STREAM = "action"  # the recorder's stream of /twinloop/action
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class ScriptedTeleopConfig:
     max_steps: int = 0  # step budget per episode; 0 = the task's own (from the twin's state)
     service_timeout_s: float = 60.0  # give up (exit 1) when the reset service stays silent
     min_event_readers: int = 0  # wait for this many /twinloop/episode readers (a recorder)
+    # wait until the recorder publishing this status has data on every stream ("" = do not)
+    recorder_status_topic: str = ""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
@@ -87,6 +90,13 @@ class ScriptedTeleopNode(Node):
         self.create_subscription(
             String, "/twinloop/sim/state", self._on_state, qos_for("/twinloop/sim/state")
         )
+        # streams the recorder has no message on yet (None: no recorder status heard yet)
+        self._recorder_missing: list[str] | None = None
+        self._recorder_said, self._recorder_said_s = "", 0.0  # the last wait logged, and when
+        if cfg.recorder_status_topic:
+            self.create_subscription(
+                String, cfg.recorder_status_topic, self._on_recorder_status, COMMAND_QOS
+            )
         self._phase = "wait_service"  # -> resetting -> running -> (resetting | done)
         self._phase_since_ns = self._now_ns()
         self._reset_failures = 0
@@ -121,6 +131,8 @@ class ScriptedTeleopNode(Node):
                     f"waiting for {self.cfg.min_event_readers} episode-event readers ({readers})",
                     throttle_duration_sec=5.0,
                 )
+            elif self._recorder_waiting(waited_s):
+                pass
             elif self._client.service_is_ready():
                 self._request_reset()
             elif waited_s > self.cfg.service_timeout_s:
@@ -133,6 +145,34 @@ class ScriptedTeleopNode(Node):
         elif self._phase == "resetting" and waited_s > self.cfg.service_timeout_s:
             self.get_logger().error(f"{self.cfg.reset_service} did not answer")
             self._finish(1)
+
+    def _recorder_waiting(self, waited_s: float) -> bool:
+        """True while the recorder lacks data on a stream: an episode started now would miss
+        its first steps (DDS matches each topic on its own, the twin's streams can come seconds
+        after the recorder hears the events). Past service_timeout_s: an error, exit 1."""
+        missing = self._recorder_missing
+        if not self.cfg.recorder_status_topic or missing == []:
+            return False
+        what = "no recorder status yet" if missing is None else f"no data on {missing}"
+        if waited_s > self.cfg.service_timeout_s:
+            self.get_logger().error(f"the recorder is not receiving: {what}")
+            self._finish(1)
+        elif what != self._recorder_said or waited_s - self._recorder_said_s >= 5.0:
+            self.get_logger().info(f"waiting for the recorder: {what}")
+            self._recorder_said, self._recorder_said_s = what, waited_s
+        return True
+
+    def _on_recorder_status(self, msg: String) -> None:
+        try:
+            buffers = json.loads(msg.data)["queues"]["buffers"]
+            # the actions are this node's own: none come before the first episode
+            self._recorder_missing = sorted(
+                name for name, n in buffers.items() if int(n) <= 0 and name != ACTION_STREAM
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            self.get_logger().warning(
+                f"dropping a recorder status: {err!r}", throttle_duration_sec=5.0
+            )
 
     def _request_reset(self) -> None:
         self._set_phase("resetting")
