@@ -41,6 +41,7 @@ bench: setup  # about 20 minutes: twin + DDS, recording, rewards, learner update
 	$(PY) benchmarks/recording.py
 	$(PY) benchmarks/reward.py
 	$(PY) benchmarks/learner.py --threads 1
+	$(PY) benchmarks/actor_timing.py
 	@echo "learning in the twin (about an hour): $(PY) benchmarks/finetune.py"
 	@echo "ASID system identification (about 30 minutes): $(PY) benchmarks/asid.py"
 

@@ -305,7 +305,9 @@ class PolicyRunner:
         self.held[reason] += 1
         self.last_hold = f"{reason}: {detail}"
 
-    def _not_fresh(self, stamps: Mapping[str, int], now_ns: int) -> tuple[str, str] | None:
+    def _not_fresh(
+        self, stamps: Mapping[str, int], now_ns: int, max_age_ns: int
+    ) -> tuple[str, str] | None:
         """Why the observations cannot give an action now (reason, detail), or None."""
         sources = self.observations.sources
         missing = [s for s in sources if s not in stamps]
@@ -313,10 +315,10 @@ class PolicyRunner:
             why = " (no episode start event with a known task)" if "task" in missing else ""
             return "missing", f"no {missing} yet{why}"
         sources = tuple(s for s in sources if s not in HELD_SOURCES)
-        stale = [s for s in sources if abs(now_ns - stamps[s]) > self.max_obs_age_ns]
+        stale = [s for s in sources if abs(now_ns - stamps[s]) > max_age_ns]
         if stale:
             ages = {s: round((now_ns - stamps[s]) / 1e9, 3) for s in stale}
-            return "stale", f"ages {ages} s > {self.max_obs_age_ns / 1e9} s"
+            return "stale", f"ages {ages} s > {max_age_ns / 1e9} s"
         same = [s for s in sources if self._used.get(s) == stamps[s]]
         if same:
             return "unchanged", f"{same} not new since the last action"
@@ -340,15 +342,23 @@ class PolicyRunner:
             obs["image"] = torch.as_tensor(images_from_rows(batch, self.spec), device=self.device)
         return obs
 
-    def act(self, now_ns: int, *, count_hold: bool = True) -> PolicyAction | None:
+    def act(
+        self, now_ns: int, *, count_hold: bool = True, max_age_s: float | None = None
+    ) -> PolicyAction | None:
         """An action from fresh observations, or None (the reason is counted in :attr:`held`
         unless ``count_hold`` is false: a caller that only asks whether an action is ready yet).
+
+        ``max_age_s`` tightens ``max_obs_age_s`` for this call: a caller that would rather wait
+        for the next sample than act on one this old.
 
         PolicyError when the observation does not fit the policy (the caller logs it and holds
         still; it is counted as ``error``).
         """
         rows, stamps = self.observations.snapshot()
-        why = self._not_fresh(stamps, now_ns)
+        max_age_ns = self.max_obs_age_ns
+        if max_age_s is not None:
+            max_age_ns = min(max_age_ns, int(max_age_s * 1e9))
+        why = self._not_fresh(stamps, now_ns, max_age_ns)
         if why is not None:
             if count_hold:
                 self._hold(*why)

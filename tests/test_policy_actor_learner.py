@@ -122,6 +122,27 @@ def test_a_mix_of_two_states_waits_for_the_rest_of_the_new_one(ckpt: Path) -> No
         PolicyRunner(ckpt, OBS, max_spread_s=-1.0)
 
 
+def test_a_tick_waits_for_the_next_state_rather_than_act_on_one_a_period_old(
+    ckpt: Path,
+) -> None:
+    """policy_node's tick asks with max_age_s = half a period: a tick just before the next state
+    would act on a state almost a period old, late at the robot, in every later period too. It
+    waits for the arrival; if none comes, the end of the slot acts on what is fresh enough."""
+    runner = PolicyRunner(ckpt, OBS, max_obs_age_s=0.3, max_spread_s=0.05)
+    t0 = 10 * SEC
+    feed(runner, t0)
+    assert runner.act(t0 + 95 * MS, count_hold=False, max_age_s=0.05) is None  # tick: 95 ms old
+    assert sum(runner.held.values()) == 0 and runner.last_hold == ""
+    feed(runner, t0 + 100 * MS)  # the next state arrives: acted on at once
+    action = runner.act(t0 + 101 * MS, count_hold=False)
+    assert action is not None and action.stamp_ns == t0 + 100 * MS
+    feed(runner, t0 + 200 * MS)
+    assert runner.act(t0 + 260 * MS, count_hold=False, max_age_s=0.05) is None
+    action = runner.act(t0 + 360 * MS)  # no arrival in the slot: its end acts (160 ms < 300 ms)
+    assert action is not None and action.stamp_ns == t0 + 200 * MS
+    assert sum(runner.held.values()) == 0
+
+
 def test_shape_change_mid_run_is_an_error_naming_the_key(ckpt: Path) -> None:
     runner = PolicyRunner(ckpt, OBS)
     feed(runner, SEC)

@@ -8,14 +8,15 @@ A thin adapter over :class:`twinloop.policy.actor.PolicyRunner` (docs/actor_lear
   published with it);
 - a timer at ``control_hz`` opens one action slot per period. The slot's action is computed as
   soon as every source has a message newer than the last action's and all their stamps lie
-  within half a period of each other: at the tick if that already holds, else on the arrival
-  that makes it hold. It is published on /twinloop/action (sensor_msgs/JointState,
-  ACTION_NAMES, ``header.frame_id`` = ``source``, stamp = the oldest observation stamp it was
-  computed from). Acting on arrival keeps the observation the newest one whatever the phase
-  between the timer and the sensors. The spread rule keeps it one state: the twin's joint
+  within ``max_spread_s`` of each other (default half a period): at the tick if that already
+  holds and the stamps are younger than ``max_spread_s``, else on the arrival that makes it
+  hold, else at the next tick if the observations are still fresh. It is published on
+  /twinloop/action (sensor_msgs/JointState, ACTION_NAMES, ``header.frame_id`` = ``source``,
+  stamp = the oldest observation stamp it was computed from). Both rules keep the action on
+  the newest state whatever the phase between the timer and the sensors: the twin's joint
   state, pose and privileged state arrive a millisecond apart, and acting on the first two
-  with the previous privileged state locked in, every action one state late
-  (tests/test_policy_nodes.py caught it). The safety node turns actions into
+  with the previous privileged state, or at a tick just before the next state, locked in
+  every action one state late (tests/test_policy_nodes.py caught it). The safety node turns actions into
   /twinloop/safe_action; this node never publishes safe actions. A slot that ends without an
   action publishes nothing (the safety watchdog holds the arm) and counts why;
 - a reset-free policy (``task_onehot`` in ``state_keys``) is conditioned on the task of the
@@ -85,6 +86,8 @@ class PolicyNodeConfig:
     fingers: int = 2  # finger joints at the end of /joint_states (gripper opening)
     control_hz: float = 10.0  # actions per second
     max_obs_age_s: float = 0.3  # observations older than this are stale: hold still
+    # the sources' stamps must lie within this of each other (s); < 0: half a control period
+    max_spread_s: float = -1.0
     device: str = "cpu"  # torch device of the policy
     threads: int = 0  # torch CPU threads; 0 = torch's default
     deterministic: bool = True  # the mean action (False: sample from the policy)
@@ -112,9 +115,15 @@ class PolicyNodeConfig:
         if self.threads < 0:
             msg = f"threads must be >= 0, got {self.threads}"
             raise RosAdapterError(msg)
+        if not math.isfinite(self.max_spread_s):
+            msg = f"max_spread_s must be a number of seconds, got {self.max_spread_s}"
+            raise RosAdapterError(msg)
         if self.action_topic == "/twinloop/safe_action":
             msg = "policy_node publishes /twinloop/action; only safety_node makes safe actions"
             raise RosAdapterError(msg)
+
+    def spread_s(self) -> float:
+        return self.max_spread_s if self.max_spread_s >= 0 else 0.5 / self.control_hz
 
     def obs_spec(self) -> ObsSpec:
         return ObsSpec(
@@ -140,7 +149,7 @@ class PolicyNode(Node):
             cfg.obs_spec(),
             device=cfg.device,
             max_obs_age_s=cfg.max_obs_age_s,
-            max_spread_s=0.5 / cfg.control_hz,
+            max_spread_s=cfg.spread_s(),
             deterministic=cfg.deterministic,
             tasks=cfg.tasks,
         )
@@ -203,16 +212,18 @@ class PolicyNode(Node):
         if self._due:  # the last slot ended without an action: count and report why
             self._act(count_hold=True)
         self._due = True
-        self._act(count_hold=False)
+        # at the tick only on observations younger than the spread: a tick just before the next
+        # state would otherwise act on a state a period old, and keep that phase
+        self._act(count_hold=False, max_age_s=self.cfg.spread_s())
 
     def _on_observation(self) -> None:
         if self._due:
             self._act(count_hold=False)
 
-    def _act(self, *, count_hold: bool) -> None:
+    def _act(self, *, count_hold: bool, max_age_s: float | None = None) -> None:
         """Use the open slot if the observations are fresh; ``count_hold``: the slot is over."""
         try:
-            action = self.runner.act(self._now(), count_hold=count_hold)
+            action = self.runner.act(self._now(), count_hold=count_hold, max_age_s=max_age_s)
         except PolicyError as err:
             self._due = False  # one error per slot, not one per message
             self._warn("error", f"holding still: {err}")
