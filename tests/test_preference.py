@@ -335,7 +335,8 @@ def test_relabel_writes_a_new_store_and_keeps_everything(tmp_path: Path) -> None
     out, rewards = relabel_store(src, model, batch_size=5)
     assert out == default_relabel_path(src) == tmp_path / "src_reward.zarr"
     expected = model(RewardBatch(before["arrays"]["image_color"])).rewards
-    np.testing.assert_allclose(rewards, expected, rtol=1e-4, atol=1e-5)  # batch sizes differ
+    # batch sizes differ, so does float32 summation order (3.8e-5 seen on an AMD EPYC)
+    np.testing.assert_allclose(rewards, expected, rtol=1e-3, atol=2e-4)
     after_src = snapshot(src)  # the source is untouched
     for key, value in before["arrays"].items():
         np.testing.assert_array_equal(after_src["arrays"][key], value)

@@ -102,9 +102,10 @@ def test_a_recorder_without_data_is_an_error_naming_the_streams(probe: GraphProb
     probe.node.create_service(Trigger, "/test_reset", lambda _q, r: r)
     pub = probe.publisher(String, STATUS, COMMAND_QOS)
     lines: list[str] = []
-    with teleop({"service_timeout_s": 2.0}, lines) as graph:
-        probe.spin_until(lambda: pub.get_subscription_count() > 0, START_TIMEOUT, "the teleop")
-        deadline = time.monotonic() + 20.0
+    # the node's wait counts from its start: leave room for DDS discovery on a loaded machine
+    # (with 2 s it gave up before it ever matched the status publisher, in a CI-like run)
+    with teleop({"service_timeout_s": 8.0}, lines) as graph:
+        deadline = time.monotonic() + START_TIMEOUT
         while graph.poll() is None:
             assert time.monotonic() < deadline, "the teleop kept waiting"
             pub.publish(status(image_color=0, joint_states=3, action=0))
